@@ -1,0 +1,237 @@
+"""The ASGI app: Twilio webhooks, the Media Streams socket, the ops feed, health.
+
+Every Twilio-facing route checks `X-Twilio-Signature` when TWILIO_AUTH_TOKEN
+is set (DESIGN.md): webhooks sign the exact public URL plus the POST form,
+the WebSocket upgrade signs the exact `wss://host/path` with no params. A
+missing or wrong signature gets 403 and nothing is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from agent.logs import call_logger
+from agent.session import CallSession
+from agent.settings import Settings
+from agent.wiring import Services, build_services
+from twiml import documents
+from twiml.numbers import mask_number
+from twiml.signature import validate_upgrade, validate_webhook
+
+log = logging.getLogger("callstream.app")
+
+TWIML = "text/xml"
+FALLBACK_TEXT = "We're sorry, an application error occurred. Please call again later."
+SSE_HEARTBEAT_S = 15.0
+
+
+def stream_url(base_url: str) -> str:
+    """The Media Streams URL Twilio connects to: wss:// from https:// (ws:// from http:// in development)."""
+    if base_url.startswith("https://"):
+        return "wss://" + base_url[len("https://") :] + "/twilio/media"
+    return "ws://" + base_url[len("http://") :] + "/twilio/media"
+
+
+class StarletteMediaSocket:
+    """Adapts a Starlette WebSocket to the session's MediaSocket port."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+
+    async def receive(self) -> str | bytes | None:
+        message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        return text if text is not None else message.get("bytes")
+
+    async def send(self, text: str) -> None:
+        await self._ws.send_text(text)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self._ws.close(code, reason)
+
+
+def create_app(settings: Settings, base_url: str, services: Services | None = None) -> Starlette:
+    """`base_url` is how Twilio reaches us (PUBLIC_BASE_URL or the local address)."""
+    state: dict[str, Services] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        built = services or await build_services(settings, base_url)
+        state["services"] = built
+        app.state.services = built
+        log.info("callstream ready: webhook %s/twilio/voice, stream %s", base_url, stream_url(base_url))
+        try:
+            yield
+        finally:
+            if services is None:
+                await built.aclose()
+
+    def svc() -> Services:
+        return state["services"]
+
+    async def signed_form(request: Request) -> dict[str, str] | None:
+        """The POST form if its signature is valid (or signatures are off), else None."""
+        form = await request.form()
+        params = {k: str(v) for k, v in form.items()}
+        if not settings.validate_signatures:
+            return params
+        url = base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        signature = request.headers.get("x-twilio-signature")
+        assert settings.twilio_auth_token
+        if validate_webhook(settings.twilio_auth_token, url, params, signature):
+            return params
+        call_logger(params.get("CallSid", "-"), "callstream.app").warning(
+            "%s %s: %s X-Twilio-Signature: 403",
+            request.method,
+            request.url.path,
+            "missing" if not signature else "wrong",
+        )
+        return None
+
+    def forbidden() -> Response:
+        return PlainTextResponse("invalid X-Twilio-Signature\n", status_code=403)
+
+    async def voice(request: Request) -> Response:
+        """Incoming (or outbound-answered) call: connect it to our Media Stream."""
+        params = await signed_form(request)
+        if params is None:
+            return forbidden()
+        call_sid = params.get("CallSid", "-")
+        clog = call_logger(call_sid, "callstream.app")
+        try:
+            parameters = {
+                "From": params.get("From", ""),
+                "To": params.get("To", ""),
+                "CallSid": call_sid,
+                "resume_state": request.query_params.get("resume_state", ""),
+            }
+            twiml = documents.connect_stream(stream_url(base_url), parameters)
+            clog.info(
+                "incoming call from %s to %s: connecting the stream",
+                mask_number(params.get("From", "")),
+                mask_number(params.get("To", "")),
+            )
+        except Exception:
+            clog.exception("could not answer the call: fallback TwiML")
+            twiml = documents.say_and_hangup(FALLBACK_TEXT)
+        return Response(twiml, media_type=TWIML)
+
+    async def dial_result(request: Request) -> Response:
+        """`<Dial action>`: the transfer ended. If nobody took the call, resume the
+        agent at the transfer's `on_fail` state on a new stream (same CallSid)."""
+        params = await signed_form(request)
+        if params is None:
+            return forbidden()
+        call_sid = params.get("CallSid", "-")
+        status = params.get("DialCallStatus", "")
+        clog = call_logger(call_sid, "callstream.app")
+        if status in ("completed", "answered"):
+            clog.info("transfer finished (%s): hanging up", status)
+            return Response(documents.hangup(), media_type=TWIML)
+        clog.info("transfer failed (%s): resuming the agent", status or "unknown")
+        twiml = documents.connect_stream(
+            stream_url(base_url),
+            {
+                "From": params.get("From", ""),
+                "To": params.get("To", ""),
+                "CallSid": call_sid,
+                "transfer_status": status or "failed",
+            },
+        )
+        return Response(twiml, media_type=TWIML)
+
+    async def media(websocket: WebSocket) -> None:
+        if settings.validate_signatures:
+            assert settings.twilio_auth_token
+            signature = websocket.headers.get("x-twilio-signature")
+            if not validate_upgrade(settings.twilio_auth_token, stream_url(base_url), signature):
+                log.warning(
+                    "media socket upgrade with %s X-Twilio-Signature: 403",
+                    "missing" if not signature else "wrong",
+                )
+                await websocket.close(code=1008)  # before accept: the handshake gets 403
+                return
+        await websocket.accept()
+        session = CallSession(svc().session_deps(), StarletteMediaSocket(websocket))
+        svc().sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            svc().sessions.discard(session)
+
+    def ops_authorized(request: Request) -> bool:
+        token = settings.ops_token
+        if not token:
+            return False
+        given = (
+            request.headers.get("x-ops-token")
+            or request.query_params.get("token")
+            or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        )
+        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+
+    async def ops_events(request: Request) -> Response:
+        """Server-sent events: the live feed, optionally for one call."""
+        if not ops_authorized(request):
+            return PlainTextResponse(
+                "ops token required (CALLSTREAM_OPS_TOKEN; header X-Ops-Token or ?token=)\n",
+                status_code=401,
+            )
+        call_sid = request.query_params.get("call_sid") or None
+        subscription = svc().feed.subscribe(call_sid)
+
+        async def stream() -> AsyncIterator[bytes]:
+            events = aiter(subscription)
+            try:
+                yield b": connected\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(anext(events), SSE_HEARTBEAT_S)
+                    except asyncio.TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    except StopAsyncIteration:
+                        return
+                    yield b"event: " + event.type.encode() + b"\ndata: " + event.to_json() + b"\n\n"
+            finally:
+                await subscription.aclose()
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def readyz(request: Request) -> Response:
+        ready = "services" in state
+        return JSONResponse(
+            {"ready": ready, "calls": len(svc().sessions) if ready else 0},
+            status_code=200 if ready else 503,
+        )
+
+    return Starlette(
+        routes=[
+            Route("/twilio/voice", voice, methods=["POST"]),
+            Route("/twilio/dial-result", dial_result, methods=["POST"]),
+            WebSocketRoute("/twilio/media", media),
+            Route("/ops/events", ops_events),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,116 @@
+"""Live feed events (DESIGN.md "Live feed events"): one JSON object per SSE message.
+
+A tagged union of frozen dataclasses; `type` is the tag. Everything that
+reaches an event has already been redacted: sensitive slot values and DTMF in
+sensitive states never get here in clear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    type: ClassVar[str] = "event"
+    call_sid: str
+    t: int  # unix ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class CallStartedEvent(FeedEvent):
+    type: ClassVar[str] = "call.started"
+    stream_sid: str = ""
+    from_: str = ""  # masked
+    to: str = ""  # masked
+    flow: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = FeedEvent.to_dict(self)
+        d["from"] = d.pop("from_")
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptPartialEvent(FeedEvent):
+    type: ClassVar[str] = "transcript.partial"
+    speaker: str = "caller"
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptFinalEvent(FeedEvent):
+    type: ClassVar[str] = "transcript.final"
+    speaker: str = "caller"  # caller | agent
+    text: str = ""
+    start_ms: int = 0
+    end_ms: int = 0
+    confidence: float | None = None
+    interrupted: bool = False
+    heard_ms: int | None = None  # agent turns: how much the caller heard
+
+
+@dataclass(frozen=True, slots=True)
+class BargeInEvent(FeedEvent):
+    type: ClassVar[str] = "bargein"
+    latency_ms: int = 0  # speech onset → clear sent, on the media timeline
+    say_id: int = 0
+    heard_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionEvent(FeedEvent):
+    type: ClassVar[str] = "dialog.transition"
+    from_: str | None = None
+    to: str = ""
+    intent: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = FeedEvent.to_dict(self)
+        d["from"] = d.pop("from_")
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class ActionEvent(FeedEvent):
+    type: ClassVar[str] = "action"
+    action: str = ""  # say | transfer | conference | voicemail | hangup | dtmf | slot
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallEndedEvent(FeedEvent):
+    type: ClassVar[str] = "call.ended"
+    reason: str = ""
+    path: tuple[str, ...] = ()
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStoredEvent(FeedEvent):
+    type: ClassVar[str] = "archive.stored"
+    location: str = ""
+
+
+EVENT_TYPES: dict[str, type[FeedEvent]] = {
+    cls.type: cls
+    for cls in (
+        CallStartedEvent,
+        TranscriptPartialEvent,
+        TranscriptFinalEvent,
+        BargeInEvent,
+        TransitionEvent,
+        ActionEvent,
+        CallEndedEvent,
+        ArchiveStoredEvent,
+    )
+}

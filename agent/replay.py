@@ -1,0 +1,226 @@
+"""`callstream replay`: fixture calls through the real server, as Twilio plays them.
+
+Without `--url` the server is started in-process on a free loopback port with
+the embedded defaults, a throwaway auth token (so every webhook and upgrade is
+signed and checked, as in production), a throwaway ops token for the live
+feed, and TWILIO_API_BASE pointed at the local fake REST API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import uvicorn
+
+from agent.app import create_app
+from agent.fake_twilio import FakeCall, FakeTwilioRest
+from agent.fixtures import CallResult, Fixture, percentile
+from agent.replay_call import ReplayTarget, SimulatedCall
+from agent.settings import Settings
+
+
+def fake_account_sid() -> str:
+    return "AC" + secrets.token_hex(16)
+
+
+def bound_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a free port, handed to uvicorn (no port race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve_in_background(app: Any, sock: socket.socket) -> AsyncIterator[uvicorn.Server]:
+    """Run an ASGI app with uvicorn on `sock` until the block ends."""
+    config = uvicorn.Config(app, log_level="warning", ws="websockets", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.01)
+        yield server
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def local_server(settings: Settings, rest_base: str, account_sid: str) -> AsyncIterator[tuple[ReplayTarget, Settings]]:
+    sock = bound_socket()
+    host, port = sock.getsockname()[:2]
+    base = f"http://{host}:{port}"
+    server_settings = settings.with_overrides(
+        public_base_url=base,
+        twilio_account_sid=account_sid,
+        twilio_auth_token=secrets.token_hex(16),
+        twilio_api_base=rest_base,
+        ops_token=secrets.token_hex(16),
+    )
+    app = create_app(server_settings, base)
+    async with serve_in_background(app, sock):
+        yield (
+            ReplayTarget(
+                http_base=base,
+                public_base_url=base,
+                stream_url_override=None,
+                account_sid=account_sid,
+                auth_token=server_settings.twilio_auth_token,
+                ops_token=server_settings.ops_token,
+            ),
+            server_settings,
+        )
+
+
+def target_for_url(url: str, settings: Settings, account_sid: str) -> ReplayTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"--url {url!r}: give the Media Streams URL, ws://host:port/twilio/media")
+    http_base = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
+    return ReplayTarget(
+        http_base=http_base,
+        public_base_url=(settings.public_base_url or http_base).rstrip("/"),
+        stream_url_override=url,
+        account_sid=settings.twilio_account_sid or account_sid,
+        auth_token=settings.twilio_auth_token,
+        ops_token=settings.ops_token,
+    )
+
+
+async def replay(
+    fixtures: Sequence[Fixture],
+    settings: Settings,
+    *,
+    url: str | None = None,
+    speed: float | None = None,
+    out_dir: Path | None = None,
+    parallel: int = 2,
+    rest_port: int = 0,
+    log: IO[str] = sys.stderr,
+) -> list[CallResult]:
+    account_sid = settings.twilio_account_sid or fake_account_sid()
+    rest_token = settings.twilio_auth_token or secrets.token_hex(16)
+    rest = FakeTwilioRest(account_sid, rest_token)
+    rest_sock = bound_socket() if rest_port == 0 else _socket_on(rest_port)
+    rest_base = "http://{}:{}".format(*rest_sock.getsockname()[:2])
+    calls: dict[str, SimulatedCall] = {}
+
+    def on_update(call: FakeCall, update: dict[str, str]) -> None:
+        sim = calls.get(call.sid)
+        if sim is not None:
+            sim.on_rest_update(call, update)
+
+    rest.on_update = on_update
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(serve_in_background(rest.app, rest_sock))
+        if url is None:
+            target, _ = await stack.enter_async_context(local_server(settings, rest_base, account_sid))
+        else:
+            target = target_for_url(url, settings, account_sid)
+            rest.account_sid = target.account_sid
+            rest.auth_token = settings.twilio_auth_token or rest_token
+            print(f"fake Twilio REST API at {rest_base}: start the server with TWILIO_API_BASE={rest_base}", file=log)
+        http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)))
+        gate = asyncio.Semaphore(max(1, parallel))
+
+        async def one(fixture: Fixture) -> CallResult:
+            async with gate:
+                sim = SimulatedCall(fixture, target, rest, http, speed=speed, out_dir=out_dir)
+                calls[sim.call_sid] = sim
+                return await sim.run()
+
+        return list(await asyncio.gather(*(one(f) for f in fixtures)))
+
+
+def _socket_on(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def summary(results: Sequence[CallResult]) -> dict[str, Any]:
+    bargein = [b for r in results for b in r.bargein_ms]
+    response = [x for r in results for x in r.response_ms]
+    wers = [r.wer for r in results if r.wer is not None]
+    return {
+        "calls": len(results),
+        "passed": sum(r.passed for r in results),
+        "failed": sum(not r.passed for r in results),
+        "bargein_ms": _stats(bargein),
+        "response_ms": _stats(response),
+        "mean_wer": round(sum(wers) / len(wers), 3) if wers else None,
+    }
+
+
+def _stats(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "max": max(values),
+    }
+
+
+def report_json(results: Sequence[CallResult]) -> str:
+    body = {"calls": [asdict(r) | {"passed": r.passed} for r in results], "summary": summary(results)}
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
+
+
+def report_text(results: Sequence[CallResult], speed: float | None) -> str:
+    lines = [f"callstream replay: {len(results)} call(s), speed {'max (lockstep)' if speed is None else speed}", ""]
+    for r in results:
+        verdict = "PASS" if r.passed else "FAIL"
+        lines.append(
+            f"{verdict} {r.fixture}: {r.outcome or r.end_reason or '-'}  "
+            f"path {' → '.join(r.path) or '-'}  ({r.duration_ms / 1000:.1f} s of call in {r.wall_s:.1f} s)"
+        )
+        caller = " | ".join(r.caller_transcript) or "(nothing recognised)"
+        wer = f"  WER {r.wer:.2f}" if r.wer is not None else ""
+        lines.append(f"     caller: {caller}{wer}")
+        for turn in r.agent_turns:
+            cut = f"  [interrupted, heard {turn['heard_ms']} ms]" if turn["interrupted"] else ""
+            lines.append(f"     agent:  {turn['text']}{cut}")
+        if r.bargein_ms:
+            lines.append(f"     barge-in: {', '.join(f'{b} ms' for b in r.bargein_ms)}")
+        if r.response_ms:
+            lines.append(f"     response (caller stops → agent audio): {', '.join(f'{x} ms' for x in r.response_ms)}")
+        if r.error:
+            lines.append(f"     ✗ error: {r.error}")
+        for failure in r.failures:
+            lines.append(f"     ✗ {failure}")
+        lines.append("")
+    s = summary(results)
+    lines.append(f"{s['passed']}/{s['calls']} passed")
+    for key, label in (("bargein_ms", "barge-in"), ("response_ms", "response")):
+        st = s[key]
+        if st:
+            lines.append(f"{label}: p50 {st['p50']:.0f} ms, p95 {st['p95']:.0f} ms, max {st['max']:.0f} ms (n={st['n']})")
+    if s["mean_wer"] is not None:
+        lines.append(f"caller WER: mean {s['mean_wer']:.2f}")
+    return "\n".join(lines)

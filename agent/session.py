@@ -1,0 +1,500 @@
+"""CallSession: one Twilio Media Stream, from `start` to `stop`.
+
+Theory of operation
+-------------------
+The socket reader is the only coroutine that touches the call's cores. Each
+inbound message is parsed once by the sans-I/O `StreamConnection`; a media
+frame then runs the synchronous per-frame path — mu-law decode, VAD, turn
+detector, STT `feed`, barge-in check, outbound pacing, dialog deadline — with
+no task, queue hop or lock. Slow work (synthesis, recognition, REST, store)
+runs beside it in tasks the session owns; their results come back as
+callbacks on the loop, and whatever they queue for Twilio goes out with the
+next inbound frame (Twilio sends one every 20 ms).
+
+The session clock is the media timeline: `now_ms` is the end of the latest
+inbound frame by its Media Streams timestamp, so the same audio yields the
+same decisions at any replay speed. Replay "lockstep" (a custom parameter
+set by `callstream replay --speed max`, see agent/lockstep.py) makes that
+exact by settling all work before answering each sync message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent import dialog_types as d
+from agent.dialog import DialogEngine
+from agent.events import (
+    ActionEvent,
+    BargeInEvent,
+    CallEndedEvent,
+    CallStartedEvent,
+    FeedEvent,
+    TranscriptFinalEvent,
+    TranscriptPartialEvent,
+    TransitionEvent,
+)
+from agent.feed import Feed
+from agent.flow import Flow
+from agent.lockstep import LOCKSTEP_PARAMETER, is_sync_message, synced_message
+from agent.logs import call_logger
+from agent.ports import (
+    CallControl,
+    CallControlError,
+    CallStore,
+    SpeechStartedHint,
+    SpeechToText,
+    SttEvent,
+    SttFailure,
+    SttStream,
+    TextToSpeech,
+    Transcript,
+)
+from agent.speaker import Interrupted, Speaker
+from agent.tasks import TaskSet
+from media import mulaw
+from media.turns import SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
+from media.vad import VoiceActivity
+from twiml import documents
+from twiml.messages import Dtmf, Mark, Media, Start, Stop
+from twiml.numbers import mask_number
+from twiml.stream import StreamConnection
+
+STATE_TTL_S = 6 * 3600
+
+log = logging.getLogger("callstream.session")
+
+
+class MediaSocket(Protocol):
+    """The WebSocket as the session needs it (Starlette or websockets adapt to it)."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message, or None once the peer has gone."""
+
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+@dataclass(frozen=True)
+class SessionDeps:
+    flow: Flow
+    tts: TextToSpeech
+    stt: SpeechToText | None
+    call_control: CallControl | None
+    store: CallStore
+    feed: Feed
+    base_url: str  # https://host as Twilio reaches us (action URLs)
+    end_silence_ms: int = 700
+    vad_aggressiveness: int = 2
+
+
+@dataclass
+class CallStats:
+    frames_in: int = 0
+    messages_out: int = 0
+    bargeins: list[int] = field(default_factory=list)  # latency ms (media timeline)
+    response_ms: list[float] = field(default_factory=list)  # STT final → first audio out (wall)
+
+
+class CallSession:
+    def __init__(self, deps: SessionDeps, socket: MediaSocket) -> None:
+        self._deps = deps
+        self._socket = socket
+        self.conn = StreamConnection()
+        self.call_sid = "-"
+        self.log: logging.LoggerAdapter[logging.Logger] = call_logger("-", "callstream.session")
+        self.stats = CallStats()
+        self.now_ms = 0
+        self.outcome: str | None = None
+        self.end_reason = "socket_closed"
+        self._tasks = TaskSet(self.log)
+        self._vad = VoiceActivity(aggressiveness=deps.vad_aggressiveness)
+        self._turns = TurnDetector(TurnConfig(end_silence_ms=deps.end_silence_ms))
+        self._speaker: Speaker | None = None
+        self._engine: DialogEngine | None = None
+        self._stt: SttStream | None = None
+        self._deadline: int | None = None
+        self._sensitive = False
+        self._lockstep = False
+        self._awaiting_finals = 0
+        self._turn_onset_ms = 0
+        self._turn_text: list[str] = []
+        self._final_seen_at: float | None = None
+        self._closing = False
+        self._send_lock = asyncio.Lock()
+
+    # --- the reader ------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve the stream until `stop`, the socket closes, or the call is handed on."""
+        try:
+            await self._read_loop()
+        except Exception:
+            self.end_reason = "error"
+            self.log.exception("call session failed")
+            await self._close_socket(1011, "internal error")
+        finally:
+            await self._finish()
+
+    async def _read_loop(self) -> None:
+        conn = self.conn
+        while not self._closing:
+            raw = await self._socket.receive()
+            if raw is None:
+                return
+            if self._lockstep and is_sync_message(raw):
+                await self._answer_sync(raw)
+                continue
+            message = conn.receive_text(raw)
+            if type(message) is Media:
+                self._on_media(message)
+            elif message is None:
+                self._on_rejected()
+            elif isinstance(message, Start):
+                await self._on_start(message)
+            elif isinstance(message, Dtmf):
+                self._on_dtmf(message)
+            elif isinstance(message, Mark):
+                self._on_mark(message)
+            elif isinstance(message, Stop):
+                self.end_reason = self.outcome or "stop"
+                return
+            if conn.has_data_to_send:
+                await self._flush()
+
+    async def _flush(self, extra: str | None = None) -> None:
+        """Send what the connection queued. The reader and synthesis tasks both
+        flush; the lock keeps each batch (media then its mark) in order."""
+        async with self._send_lock:
+            frames = self.conn.data_to_send()
+            if extra is not None:
+                frames.append(extra)
+            for frame in frames:
+                await self._socket.send(frame)
+            self.stats.messages_out += len(frames)
+
+    def _on_rejected(self) -> None:
+        error = self.conn.last_error
+        kind = error.kind if error is not None else "unknown"
+        count = self.conn.errors[kind]
+        # log the first few of a kind, then every 100th: a broken peer must not flood the log
+        if count <= 3 or count % 100 == 0:
+            self.log.warning("rejected Twilio message (%s, %d so far): %s", kind, count, error)
+
+    # --- start ------------------------------------------------------------------
+    async def _on_start(self, start: Start) -> None:
+        deps = self._deps
+        self.call_sid = start.call_sid
+        self.log = call_logger(start.call_sid, "callstream.session")
+        self._tasks = TaskSet(self.log)
+        params = dict(start.custom_parameters)
+        self._lockstep = params.get(LOCKSTEP_PARAMETER) == "1"
+        self._speaker = Speaker(
+            self.conn, deps.tts, self._tasks.spawn, on_audio=self._on_tts_audio, log=self.log
+        )
+        resume = params.get("resume_state") or None
+        transfer_status = params.get("transfer_status") or None
+        snapshot = None
+        if resume or transfer_status:
+            snapshot = await deps.store.load(start.call_sid)
+            if snapshot is None:
+                self.log.warning("no saved dialog state to resume: starting the flow over")
+        if snapshot is not None:
+            self._engine = DialogEngine.restore(deps.flow, start.call_sid, snapshot)
+        else:
+            self._engine = DialogEngine(deps.flow, start.call_sid)
+        if deps.stt is not None:
+            try:
+                self._stt = await deps.stt.open_stream(start.call_sid, self._on_stt_event)
+            except Exception:
+                self.log.exception("speech recognition unavailable: the call goes on with DTMF only")
+        self.log.info(
+            "call started: stream %s from %s to %s%s%s",
+            start.stream_sid,
+            mask_number(params.get("From", "")),
+            mask_number(params.get("To", "")),
+            f", resuming at {resume}" if resume else "",
+            " (replay lockstep)" if self._lockstep else "",
+        )
+        self._publish(
+            CallStartedEvent,
+            stream_sid=start.stream_sid,
+            from_=mask_number(params.get("From", "")),
+            to=mask_number(params.get("To", "")),
+            flow=deps.flow.name,
+        )
+        if transfer_status and snapshot is not None:
+            self._dialog(d.TransferFailed(transfer_status))
+        else:
+            self._dialog(d.CallStarted(resume_state=resume))
+
+    # --- the per-frame path ----------------------------------------------------------
+    def _on_media(self, media: Media) -> None:
+        now = media.timestamp + 20
+        if now > self.now_ms:
+            self.now_ms = now
+        else:
+            now = self.now_ms
+        self.stats.frames_in += 1
+        pcm = mulaw.decode(media.payload)
+        turn = self._turns.process(self._vad.is_speech(pcm), now)
+        if self._stt is not None:
+            self._stt.feed(media.payload, pcm, now)
+        if turn is not None:
+            self._on_turn(turn, now)
+        speaker = self._speaker
+        if speaker is not None and speaker.speaking:
+            speaker.pump(now)
+            if speaker.has_finished:
+                self._on_prompts_finished()
+        if self._deadline is not None and now >= self._deadline:
+            self._dialog(d.Tick())
+
+    def _on_turn(self, turn: SpeechStarted | SpeechEnded, now: int) -> None:
+        if isinstance(turn, SpeechStarted):
+            self._turn_onset_ms = turn.onset_ms
+            speaker = self._speaker
+            if speaker is not None and speaker.speaking and speaker.barge_in_allowed:
+                self._barge_in(now - turn.onset_ms, now)
+            self._dialog(d.CallerSpeechStarted())
+        else:
+            self._awaiting_finals += 1
+            if self._stt is not None:
+                self._stt.end_turn(now)
+            else:  # no recognizer (benchmarks): the turn ends with nothing understood
+                self._on_caller_final("", 0.0, turn.onset_ms, now)
+
+    def _barge_in(self, latency_ms: int, now: int) -> None:
+        assert self._speaker is not None
+        interrupted = self._speaker.interrupt(now)
+        self.stats.bargeins.append(latency_ms)
+        for cut in interrupted:
+            self.log.info(
+                "barge-in after %d ms of speech: say %d cut, caller heard %d of %d ms",
+                latency_ms, cut.say.say_id, cut.heard_ms, cut.total_ms,
+            )
+            self._publish(BargeInEvent, latency_ms=latency_ms, say_id=cut.say.say_id, heard_ms=cut.heard_ms)
+            self._publish_agent_turn(cut)
+        for cut in interrupted:
+            self._dialog(d.PromptInterrupted(cut.say.say_id, cut.heard_ms))
+
+    # --- DTMF and marks ---------------------------------------------------------------
+    def _on_dtmf(self, dtmf: Dtmf) -> None:
+        speaker = self._speaker
+        if speaker is not None and speaker.speaking and speaker.barge_in_allowed:
+            self._barge_in(0, self.now_ms)
+        self.log.info("DTMF %s", "*" if self._sensitive else dtmf.digit)
+        self._publish(ActionEvent, action="dtmf", detail={"digit": "*" if self._sensitive else dtmf.digit})
+        self._dialog(d.DtmfPressed(dtmf.digit))
+
+    def _on_mark(self, mark: Mark) -> None:
+        if self._speaker is None or not self._speaker.on_mark(mark.name):
+            self.log.warning("mark %r is not one we sent", mark.name)
+            return
+        self._on_prompts_finished()
+
+    def _on_prompts_finished(self) -> None:
+        assert self._speaker is not None
+        for done in self._speaker.take_finished():
+            self._publish(
+                TranscriptFinalEvent,
+                speaker="agent",
+                text=done.say.log_text,
+                end_ms=self.now_ms,
+                start_ms=max(0, self.now_ms - done.total_ms),
+                heard_ms=done.total_ms,
+            )
+            self._dialog(d.PromptFinished(done.say.say_id))
+
+    async def _on_tts_audio(self, say: d.Say, first: bool) -> None:
+        """Synthesis produced audio: send what pacing allows now rather than at
+        the next inbound frame (this is the turn's response latency)."""
+        if self._closing or self._speaker is None:
+            return
+        self._speaker.pump(self.now_ms)
+        if first and self._final_seen_at is not None:
+            self.stats.response_ms.append((time.perf_counter() - self._final_seen_at) * 1000)
+            self._final_seen_at = None
+        if self.conn.has_data_to_send:
+            await self._flush()
+
+    def _publish_agent_turn(self, cut: Interrupted) -> None:
+        self._publish(
+            TranscriptFinalEvent,
+            speaker="agent",
+            text=cut.heard_text,
+            start_ms=max(0, self.now_ms - cut.heard_ms),
+            end_ms=self.now_ms,
+            interrupted=True,
+            heard_ms=cut.heard_ms,
+        )
+
+    # --- speech recognition ------------------------------------------------------------
+    def _on_stt_event(self, event: SttEvent) -> None:
+        if self._closing:
+            return
+        if isinstance(event, Transcript):
+            if not event.is_final:
+                if event.text:
+                    self._publish(TranscriptPartialEvent, text=self._redact(event.text))
+                return
+            if event.text:
+                self._turn_text.append(event.text)
+            if event.end_of_turn:
+                text = " ".join(self._turn_text)
+                self._turn_text = []
+                if self._awaiting_finals == 0 and not text:
+                    return  # the provider closed a turn we never opened
+                self._awaiting_finals = max(0, self._awaiting_finals - 1)
+                self._on_caller_final(text, event.confidence, event.start_ms, event.end_ms)
+        elif isinstance(event, SpeechStartedHint):
+            pass  # our own VAD decides barge-in for the offline provider
+        elif isinstance(event, SttFailure):
+            self.log.error("speech recognition failed (%s): caller speech is not understood", event.reason)
+
+    def _on_caller_final(self, text: str, confidence: float, start_ms: int, end_ms: int) -> None:
+        self.log.info("caller said %r (confidence %.2f)", self._redact(text), confidence)
+        self._publish(
+            TranscriptFinalEvent,
+            speaker="caller",
+            text=self._redact(text),
+            start_ms=start_ms,
+            end_ms=end_ms,
+            confidence=round(confidence, 3),
+        )
+        self._final_seen_at = time.perf_counter()
+        self._dialog(d.CallerSpeechFinal(text, confidence))
+
+    def _redact(self, text: str) -> str:
+        return "***" if self._sensitive and text else text
+
+    # --- the dialog ----------------------------------------------------------------------
+    def _dialog(self, event: d.Event) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        actions = engine.handle(event, self.now_ms)
+        self._deadline = engine.next_deadline()
+        for action in actions:
+            self._carry_out(action)
+
+    def _carry_out(self, action: d.Action) -> None:
+        match action:
+            case d.Say():
+                assert self._speaker is not None
+                self.log.info("say %d in %s: %r", action.say_id, action.state, action.log_text)
+                self._publish(ActionEvent, action="say", detail={"say_id": action.say_id, "text": action.log_text})
+                self._speaker.say(action)
+            case d.Listen():
+                self._sensitive = action.sensitive
+                if self._stt is not None:
+                    self._stt.set_phrases(action.phrases)
+            case d.Transition():
+                self.log.info("%s → %s (%s)", action.from_state, action.to_state, action.intent)
+                self._publish(TransitionEvent, from_=action.from_state, to=action.to_state, intent=action.intent)
+                self._tasks.spawn(self._save_state(), "save-state")
+            case d.SlotFilled():
+                self.log.info("slot %s = %s", action.name, action.log_value)
+                self._publish(ActionEvent, action="slot", detail={"name": action.name, "value": action.log_value})
+            case d.Transfer():
+                action_url = f"{self._deps.base_url}/twilio/dial-result"
+                twiml = documents.dial(action.to, timeout_s=action.timeout_s, record=action.record, action_url=action_url)
+                self._hand_on(f"transfer:{action.to}", twiml, {"to": mask_number(action.to)})
+            case d.Conference():
+                twiml = documents.conference(action.room, record=action.record)
+                self._hand_on(f"conference:{action.room}", twiml, {"room": action.room})
+            case d.Voicemail():
+                action_url = f"{self._deps.base_url}/twilio/voice?resume_state={action.next}" if action.next else None
+                twiml = documents.voicemail(max_s=action.max_s, action_url=action_url)
+                self._hand_on("voicemail", twiml, {"max_s": action.max_s})
+            case d.HangUp():
+                self._hand_on("hangup", None, {"reason": action.reason})
+
+    def _hand_on(self, outcome: str, twiml: str | None, detail: dict[str, object]) -> None:
+        """Move the live call on (REST update); Twilio then stops this stream."""
+        self.outcome = outcome
+        kind = outcome.split(":", 1)[0]
+        self.log.info("%s: updating the live call", kind)
+        self._publish(ActionEvent, action=kind, detail=detail)
+        self._tasks.spawn(self._update_call(twiml), f"call-update-{kind}")
+
+    async def _update_call(self, twiml: str | None) -> None:
+        control = self._deps.call_control
+        if control is None:
+            self.log.warning(
+                "call control is off (TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset): "
+                "ending the stream instead of updating the call"
+            )
+            await self._close_socket(1000, self.outcome or "done")
+            return
+        try:
+            if twiml is None:
+                await control.hang_up(self.call_sid)
+            else:
+                await control.update_twiml(self.call_sid, twiml)
+        except CallControlError as exc:
+            if exc.code == 21220:
+                self.log.info("call already ended (Twilio 21220): nothing to update")
+            else:
+                self.log.error("could not update the call (%s): ending the stream", exc)
+                self.end_reason = "call_update_failed"
+            await self._close_socket(1000, "call update failed")
+
+    async def _save_state(self) -> None:
+        if self._engine is None:
+            return
+        await self._deps.store.save(self.call_sid, self._engine.snapshot(), STATE_TTL_S)
+
+    # --- replay lockstep -----------------------------------------------------------------
+    async def _answer_sync(self, raw: str | bytes) -> None:
+        """Settle all work for the audio so far, then answer (agent/lockstep.py)."""
+        while True:
+            if self._stt is not None:
+                await self._stt.flush()
+            if not self._tasks.pending:
+                break
+            await self._tasks.wait_idle()
+        if self._speaker is not None and self._speaker.speaking:
+            self._speaker.pump(self.now_ms)
+            self._on_prompts_finished()
+        await self._flush(extra=synced_message(raw))
+
+    # --- the end ------------------------------------------------------------------------------
+    async def _close_socket(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            await self._socket.close(code, reason)
+        except Exception as exc:  # already gone: nothing more to do
+            self.log.debug("closing the socket: %r", exc)
+
+    async def _finish(self) -> None:
+        self._closing = True
+        if self._speaker is not None:
+            self._speaker.close()
+        if self._stt is not None:
+            try:
+                await self._stt.aclose()
+            except Exception:
+                self.log.exception("closing speech recognition")
+        await self._tasks.aclose(grace_s=5.0)
+        if self.call_sid != "-":
+            path = tuple(self._engine.path) if self._engine is not None else ()
+            self.log.info(
+                "call ended (%s): path %s, %d frames, %d malformed messages",
+                self.end_reason, " → ".join(path), self.stats.frames_in, sum(self.conn.errors.values()),
+            )
+            self._publish(
+                CallEndedEvent,
+                reason=self.end_reason,
+                path=path,
+                duration_ms=self.now_ms,
+            )
+
+    def _publish(self, kind: type[FeedEvent], **fields: object) -> None:
+        self._deps.feed.publish(kind(call_sid=self.call_sid, t=int(time.time() * 1000), **fields))  # type: ignore[arg-type]

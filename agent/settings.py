@@ -1,0 +1,143 @@
+"""Settings from the environment (and a `.env` file), checked once at start-up.
+
+The names are a contract (DESIGN.md "Settings"). A bad or missing value is a
+`ConfigError` that names the key and the fix, raised before the server binds,
+never on the first call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+DEFAULT_FLOW = Path(__file__).resolve().parent.parent / "fixtures" / "flows" / "acme.yaml"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    public_base_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_base: str = "https://api.twilio.com"
+    flow_path: str = str(DEFAULT_FLOW)
+    stt: str = "sphinx"  # sphinx | deepgram | none
+    tts: str = "espeak"  # espeak | polly
+    deepgram_api_key: str | None = None
+    deepgram_url: str | None = None
+    aws_region: str | None = None
+    polly_endpoint_url: str | None = None
+    redis_url: str | None = None
+    archive: str = "./archive"
+    ops_token: str | None = None
+    log_level: str = "INFO"
+    # tuning (not in the contract; documented in the README)
+    end_silence_ms: int = 700
+    vad_aggressiveness: int = 2
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def validate_signatures(self) -> bool:
+        """DESIGN.md: when TWILIO_AUTH_TOKEN is set every webhook and the
+        WebSocket upgrade must carry a valid X-Twilio-Signature."""
+        return bool(self.twilio_auth_token)
+
+    @property
+    def call_control_enabled(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    def base_url_for(self, host: str, port: int) -> str:
+        """PUBLIC_BASE_URL, or the local address when it is unset (development)."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://{host}:{port}"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not an integer") from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+    """Read settings: the process environment wins over the `.env` file."""
+    env: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+
+    def get(key: str) -> str | None:
+        value = env.get(key)
+        return value if value else None
+
+    settings = Settings(
+        public_base_url=get("PUBLIC_BASE_URL"),
+        twilio_account_sid=get("TWILIO_ACCOUNT_SID"),
+        twilio_auth_token=get("TWILIO_AUTH_TOKEN"),
+        twilio_api_base=get("TWILIO_API_BASE") or "https://api.twilio.com",
+        flow_path=get("CALLSTREAM_FLOW") or str(DEFAULT_FLOW),
+        stt=(get("CALLSTREAM_STT") or "sphinx").lower(),
+        tts=(get("CALLSTREAM_TTS") or "espeak").lower(),
+        deepgram_api_key=get("DEEPGRAM_API_KEY"),
+        deepgram_url=get("DEEPGRAM_URL"),
+        aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
+        polly_endpoint_url=get("POLLY_ENDPOINT_URL"),
+        redis_url=get("REDIS_URL"),
+        archive=get("CALLSTREAM_ARCHIVE") or "./archive",
+        ops_token=get("CALLSTREAM_OPS_TOKEN"),
+        log_level=(get("LOG_LEVEL") or "INFO").upper(),
+        end_silence_ms=_int(env, "CALLSTREAM_END_SILENCE_MS", 700),
+        vad_aggressiveness=_int(env, "CALLSTREAM_VAD_AGGRESSIVENESS", 2),
+    )
+    check_settings(settings)
+    return settings
+
+
+def check_settings(s: Settings) -> None:
+    """Start-up checks: each failure names the key and what to do."""
+    if s.public_base_url:
+        parts = urlsplit(s.public_base_url)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ConfigError(
+                f"PUBLIC_BASE_URL={s.public_base_url!r} must be the https://host[:port] "
+                "address Twilio reaches this server at"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError("PUBLIC_BASE_URL must not carry a query string or fragment")
+    if s.stt not in ("sphinx", "deepgram", "none"):
+        raise ConfigError(f"CALLSTREAM_STT={s.stt!r}: use sphinx, deepgram or none")
+    if s.tts not in ("espeak", "polly"):
+        raise ConfigError(f"CALLSTREAM_TTS={s.tts!r}: use espeak or polly")
+    if s.stt == "deepgram" and not s.deepgram_api_key:
+        raise ConfigError("CALLSTREAM_STT=deepgram needs DEEPGRAM_API_KEY")
+    if s.tts == "polly" and not s.aws_region:
+        raise ConfigError("CALLSTREAM_TTS=polly needs AWS_REGION")
+    if bool(s.twilio_account_sid) != bool(s.twilio_auth_token) and s.twilio_account_sid:
+        raise ConfigError("TWILIO_ACCOUNT_SID is set but TWILIO_AUTH_TOKEN is not: set both")
+    if s.twilio_account_sid and not (
+        s.twilio_account_sid.startswith("AC") and len(s.twilio_account_sid) == 34
+    ):
+        raise ConfigError("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex digits")
+    if not Path(s.flow_path).is_file():
+        raise ConfigError(f"CALLSTREAM_FLOW={s.flow_path!r}: no such file")
+    if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LOG_LEVEL={s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+    if not 0 <= s.vad_aggressiveness <= 3:
+        raise ConfigError("CALLSTREAM_VAD_AGGRESSIVENESS must be 0, 1, 2 or 3")
+    if not 200 <= s.end_silence_ms <= 5000:
+        raise ConfigError("CALLSTREAM_END_SILENCE_MS must be between 200 and 5000")
