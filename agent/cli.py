@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
-        ws="websockets",
+        ws="websockets-sansio",
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
@@ -21,12 +20,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-import uvicorn
 
 from agent.app import create_app
 from agent.fake_twilio import FakeCall, FakeTwilioRest
 from agent.fixtures import CallResult, Fixture, percentile
 from agent.replay_call import ReplayTarget, SimulatedCall
+from agent.serving import base_url_of, bound_socket, serve_in_background
 from agent.settings import Settings
 
 
@@ -34,40 +33,10 @@ def fake_account_sid() -> str:
     return "AC" + secrets.token_hex(16)
 
 
-def bound_socket(host: str = "127.0.0.1") -> socket.socket:
-    """A listening socket on a free port, handed to uvicorn (no port race)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
-
-
-@contextlib.asynccontextmanager
-async def serve_in_background(app: Any, sock: socket.socket) -> AsyncIterator[uvicorn.Server]:
-    """Run an ASGI app with uvicorn on `sock` until the block ends."""
-    config = uvicorn.Config(app, log_level="warning", ws="websockets", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped during start-up")
-            await asyncio.sleep(0.01)
-        yield server
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 @contextlib.asynccontextmanager
 async def local_server(settings: Settings, rest_base: str, account_sid: str) -> AsyncIterator[tuple[ReplayTarget, Settings]]:
     sock = bound_socket()
-    host, port = sock.getsockname()[:2]
-    base = f"http://{host}:{port}"
+    base = base_url_of(sock)
     server_settings = settings.with_overrides(
         public_base_url=base,
         twilio_account_sid=account_sid,
@@ -119,8 +88,8 @@ async def replay(
     account_sid = settings.twilio_account_sid or fake_account_sid()
     rest_token = settings.twilio_auth_token or secrets.token_hex(16)
     rest = FakeTwilioRest(account_sid, rest_token)
-    rest_sock = bound_socket() if rest_port == 0 else _socket_on(rest_port)
-    rest_base = "http://{}:{}".format(*rest_sock.getsockname()[:2])
+    rest_sock = bound_socket(port=rest_port)
+    rest_base = base_url_of(rest_sock)
     calls: dict[str, SimulatedCall] = {}
 
     def on_update(call: FakeCall, update: dict[str, str]) -> None:
@@ -148,15 +117,6 @@ async def replay(
                 return await sim.run()
 
         return list(await asyncio.gather(*(one(f) for f in fixtures)))
-
-
-def _socket_on(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
 
 
 # --- the report ------------------------------------------------------------------------
