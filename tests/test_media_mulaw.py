@@ -14,7 +14,8 @@ ALL_SAMPLES = np.arange(-32768, 32768, dtype=np.int16)
 def audioop() -> ModuleType:
     """The reference codec: stdlib audioop on ≤ 3.12, the audioop-lts package on ≥ 3.13."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # 3.11/3.12: "deprecated, removed in 3.13"
+        # 3.11 and 3.12 warn "'audioop' is deprecated and slated for removal in Python 3.13"
+        warnings.simplefilter("ignore", DeprecationWarning)
         return pytest.importorskip("audioop")
 
 
