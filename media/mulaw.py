@@ -71,8 +71,10 @@ def decode_array(mulaw: bytes) -> npt.NDArray[np.int16]:
 
 def encode(pcm16: bytes | npt.NDArray[np.int16]) -> bytes:
     """16-bit PCM (little-endian bytes or an int16 array) → mu-law bytes."""
+    index: npt.NDArray[np.uint16]
     if isinstance(pcm16, np.ndarray):
         index = pcm16.astype("<i2", copy=False).view("<u2")
     else:
         index = np.frombuffer(pcm16, dtype="<u2")
-    return ENCODE_TABLE[index].tobytes()
+    codes: npt.NDArray[np.uint8] = ENCODE_TABLE[index]
+    return codes.tobytes()

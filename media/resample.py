@@ -34,6 +34,10 @@ def _phase_table(up: int, down: int, half_taps: int) -> tuple[npt.NDArray[np.flo
     # evaluate the window continuously at x by linear interpolation
     w = np.interp(x, np.arange(-half, half + 1), window, left=0.0, right=0.0)
     h = cutoff * np.sinc(cutoff * x) * w
+    # Normalise every phase to unit DC gain: the truncated, windowed kernels
+    # sum to slightly different values per phase (0.996 to 1.0 for 8k → 16k),
+    # which would ripple a steady signal at the output rate's Nyquist frequency.
+    h /= h.sum(axis=1, keepdims=True)
     return h, half
 
 

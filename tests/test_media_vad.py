@@ -1,0 +1,154 @@
+import math
+
+import numpy as np
+import pytest
+import webrtcvad
+
+from media import mulaw
+from media.frames import split_frames
+from media.turns import SpeechEnded, SpeechStarted, TurnDetector
+from media.vad import VoiceActivity, frame_dbfs
+
+RATE = 8000
+
+
+def voiced(n: int, level_dbfs: float, f0: float = 130.0) -> np.ndarray:
+    """A voiced-speech stand-in: harmonics of a wobbling f0 shaped by two formants."""
+    t = np.arange(n) / RATE
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * 4 * t))) / RATE
+    x = np.zeros(n)
+    for k in range(1, int(3400 // f0)):
+        fk = k * f0
+        formants = (
+            1 + 2 * np.exp(-(((fk - 700) / 200) ** 2)) + 1.5 * np.exp(-(((fk - 1200) / 250) ** 2))
+        )
+        x += formants / k * np.sin(k * phase)
+    return x * 32768 * 10 ** (level_dbfs / 20) / np.sqrt(np.mean(x**2))
+
+
+def noise(n: int, level_dbfs: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 32768 * 10 ** (level_dbfs / 20), n)
+
+
+def pcm(x: np.ndarray) -> bytes:
+    return np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+
+
+def frames(x: np.ndarray, frame_ms: int = 20) -> list[bytes]:
+    data, size = pcm(x), 2 * RATE * frame_ms // 1000
+    return [data[i : i + size] for i in range(0, len(data) - size + 1, size)]
+
+
+def test_frame_dbfs_levels() -> None:
+    assert frame_dbfs(bytes(320)) == -math.inf
+    assert frame_dbfs(pcm(np.full(160, -32768.0))) == 0.0
+    assert frame_dbfs(pcm(np.tile([1000.0, -1000.0], 80))) == pytest.approx(
+        20 * math.log10(1000 / 32768)
+    )
+    sine = 32767 * np.sin(2 * np.pi * 400 * np.arange(160) / RATE)  # whole periods
+    assert frame_dbfs(pcm(sine)) == pytest.approx(-3.01, abs=0.01)
+    assert frame_dbfs(pcm(noise(160, -50.0))) == pytest.approx(-50.0, abs=1.0)
+
+
+def test_voiced_signal_is_speech() -> None:
+    vad = VoiceActivity()
+    verdicts = [vad.is_speech(f) for f in frames(voiced(8000, -25.0))]
+    assert all(verdicts[1:])
+
+
+def test_line_noise_coming_on_fools_webrtcvad_but_not_the_gate() -> None:
+    # Digital silence, then -50 dBFS hiss (comfort noise switching on, a line
+    # getting noisier): webrtcvad takes seconds to adapt and calls it speech.
+    hush = frames(noise(8000, -90.0, seed=2))
+    hiss = frames(noise(8000, -50.0))
+    raw = webrtcvad.Vad(2)
+    assert sum(raw.is_speech(f, RATE) for f in hush + hiss) > 45  # of 100
+    vad = VoiceActivity()
+    assert not any(vad.is_speech(f) for f in hush + hiss)
+
+
+def test_comfort_noise_and_silence_are_not_speech() -> None:
+    vad = VoiceActivity()
+    hum = 32768 * 10 ** (-50 / 20) * np.sqrt(2) * np.sin(2 * np.pi * 60 * np.arange(8000) / RATE)
+    comfort = noise(8000, -52.0, seed=1) + hum
+    assert not any(vad.is_speech(f) for f in frames(comfort))
+    assert not any(vad.is_speech(f) for f in frames(np.zeros(8000)))
+
+
+def test_voice_below_the_floor_is_not_speech() -> None:
+    quiet = frames(np.concatenate([noise(8000, -90.0, seed=2), voiced(4000, -50.0)]))
+    raw = webrtcvad.Vad(2)
+    assert all([raw.is_speech(f, RATE) for f in quiet][50:])  # webrtcvad hears a voice
+    assert not any(VoiceActivity().is_speech(f) for f in quiet)  # too faint to be the caller
+
+
+def test_energy_floor_is_a_strict_threshold() -> None:
+    frame = frames(voiced(1600, -30.0))[5]
+    level = frame_dbfs(frame)
+    assert VoiceActivity(energy_floor_dbfs=level - 0.01).is_speech(frame)
+    assert not VoiceActivity(energy_floor_dbfs=level + 0.01).is_speech(frame)
+
+
+@pytest.mark.parametrize("frame_ms", [10, 20, 30])
+def test_frame_lengths_and_rates(frame_ms: int) -> None:
+    for rate in (8000, 16000):
+        vad = VoiceActivity(sample_rate=rate)
+        signal = voiced(rate // 2, -25.0)
+        size = 2 * rate * frame_ms // 1000
+        chunks = [pcm(signal)[i : i + size] for i in range(size * 2, size * 6, size)]
+        assert all(vad.is_speech(c) for c in chunks)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="aggressiveness"):
+        VoiceActivity(aggressiveness=4)
+    with pytest.raises(ValueError, match="8000"):
+        VoiceActivity(sample_rate=11025)
+    with pytest.raises(ValueError, match="got 318 bytes"):
+        VoiceActivity().is_speech(bytes(318))
+
+
+def caller_audio(
+    onset_ms: int, speech_ms: int, total_ms: int, extra: np.ndarray | None = None
+) -> bytes:
+    """Mu-law telephone audio: a -60 dBFS noise floor with one voiced burst."""
+    x = noise(total_ms * 8, -60.0, seed=onset_ms)
+    a, b = onset_ms * 8, (onset_ms + speech_ms) * 8
+    ramp = np.arange(b - a)
+    # 15 ms attack, 30 ms release
+    envelope = np.minimum(1.0, np.minimum(ramp / 120, (b - a - ramp) / 240))
+    if b > a:
+        x[a:b] += voiced(b - a, -22.0) * envelope
+    if extra is not None:
+        x[: len(extra)] += extra
+    return mulaw.encode(np.clip(np.round(x), -32768, 32767).astype(np.int16))
+
+
+def detect(codes: bytes) -> list[SpeechStarted | SpeechEnded]:
+    vad, turns = VoiceActivity(), TurnDetector()
+    events = []
+    for i, frame in enumerate(split_frames(codes)):
+        event = turns.process(vad.is_speech(mulaw.decode(frame)), 20 * (i + 1))
+        if event is not None:
+            events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("onset_ms", [500, 507, 513, 530])
+def test_turn_detection_on_synthetic_speech(onset_ms: int) -> None:
+    events = detect(caller_audio(onset_ms, 800, 2500))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    started, ended = events
+    assert isinstance(started, SpeechStarted) and isinstance(ended, SpeechEnded)
+    assert 0 < started.at_ms - onset_ms <= 100  # barge-in budget: detection well inside 120 ms
+    assert abs(started.onset_ms - onset_ms) <= 20
+    assert abs(ended.last_voiced_ms - (onset_ms + 800)) <= 40
+    assert ended.at_ms == ended.last_voiced_ms + 700 and not ended.too_short
+
+
+def test_clicks_and_short_bursts_do_not_start_a_turn() -> None:
+    extra = np.zeros(16000)
+    extra[4000:4040] = 30000  # a 5 ms line pop
+    extra[8000:8320] = noise(320, -20.0)  # a 40 ms crackle
+    extra[12000] = -32000  # one-sample click
+    assert detect(caller_audio(0, 0, 2000, extra)) == []
