@@ -89,6 +89,18 @@ def test_flow_check_command_prints_problems_and_summary(tmp_path: Path) -> None:
     ]
 
 
+def test_flow_check_command_on_the_bad_fixture() -> None:
+    path = str(ACME.parent / "bad" / "typos.yaml")
+    out = io.StringIO()
+    assert flow_check_command(path, out) == 1
+    lines = out.getvalue().splitlines()
+    assert [line.split(": ")[0] for line in lines] == [
+        f"{path}:5", f"{path}:6", f"{path}:7", f"{path}:9", f"{path}:11", f"{path}:12", path,
+    ]  # fmt: skip
+    assert lines[2] == f"{path}:7: unknown key 'intens' in state 'menu' (did you mean 'intents'?)"
+    assert lines[-1] == f"{path}: 6 problems"
+
+
 def test_flow_check_command_unreadable_file(tmp_path: Path) -> None:
     out = io.StringIO()
     assert flow_check_command(str(tmp_path / "missing.yaml"), out) == 2
