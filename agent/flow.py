@@ -29,11 +29,12 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from agent.intents import words
 
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-SIP_URI = re.compile(r"^sip:[^@\s]+@[^@\s]+$")
-_DTMF_KEY = re.compile(r"^[0-9*#]$")
+# Matched whole (fullmatch): `$` would let a trailing newline through, `\d` any Unicode digit.
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+SIP_URI = re.compile(r"sip:[^@\s]+@[^@\s]+")
+_DTMF_KEY = re.compile(r"[0-9*#]")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 CALL_SID = "call_sid"  # the one placeholder that is not a slot
 
@@ -463,7 +464,7 @@ class _Reader:
             return None
         self.known(fields, _TRANSFER_KEYS, f"in {what}")
         to = self.required(fields, node, "to", self.text, f"to of {what}") or ""
-        if to and not (E164.match(to) or SIP_URI.match(to)):
+        if to and not (E164.fullmatch(to) or SIP_URI.fullmatch(to)):
             self.report(
                 fields["to"][1],
                 f"to of {what} must be an E.164 number "
@@ -562,7 +563,7 @@ class _Reader:
     def check_templates(self) -> None:
         for text, node, what in self._templates:
             for placeholder in _PLACEHOLDER.findall(text):
-                if not _IDENTIFIER.match(placeholder):
+                if not _IDENTIFIER.fullmatch(placeholder):
                     self.report(
                         node,
                         f"{what} has a malformed placeholder {{{placeholder}}} "
@@ -646,7 +647,7 @@ class _Reader:
         name = self.text(node, what)
         if name is None:
             return None
-        if not _IDENTIFIER.match(name) or name == CALL_SID:
+        if not _IDENTIFIER.fullmatch(name) or name == CALL_SID:
             self.report(
                 node,
                 f"{what} must be a name of letters, digits and _ (not '{name}', "
@@ -672,7 +673,7 @@ class _Reader:
 
     def key(self, node: Node, what: str) -> str | None:
         key = self.text(node, what)
-        if key is not None and not _DTMF_KEY.match(key):
+        if key is not None and not _DTMF_KEY.fullmatch(key):
             self.report(node, f"{what} must be one key, 0-9, * or # (quoted: \"#\"), not '{key}'")
             return None
         return key
@@ -701,27 +702,27 @@ class _Reader:
         value = self._number(node)
         if isinstance(value, int) and value > 0:
             return value
-        self.report(node, f"{what} must be a whole number above 0, not '{_shown(node)}'")
+        self.report(node, f"{what} must be a whole number above 0, not {_shown(node)}")
         return None
 
     def count(self, node: Node, what: str) -> int | None:
         value = self._number(node)
         if isinstance(value, int) and value >= 0:
             return value
-        self.report(node, f"{what} must be a whole number, 0 or more, not '{_shown(node)}'")
+        self.report(node, f"{what} must be a whole number, 0 or more, not {_shown(node)}")
         return None
 
     def seconds(self, node: Node, what: str) -> float | None:
         value = self._number(node)
         if value is not None and value > 0:
             return float(value)
-        self.report(node, f"{what} must be a number of seconds above 0, not '{_shown(node)}'")
+        self.report(node, f"{what} must be a number of seconds above 0, not {_shown(node)}")
         return None
 
 
 def _shown(node: Node) -> str:
     if isinstance(node, ScalarNode):
-        return str(node.value)
+        return f"'{node.value}'"
     return "a mapping" if isinstance(node, MappingNode) else "a list"
 
 

@@ -351,7 +351,8 @@ def test_transfer_to_accepts_e164_and_sip(to: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "to", ["14155550100", "+0123", "+1 415 555 0100", "sip:pbx.example.com", "tel:+1415"]
+    "to",
+    ["14155550100", "+0123", "+1 415 555 0100", "+١٤١٥٥٥٥٠١٠٠", "sip:pbx.example.com", "tel:+1415"],
 )
 def test_transfer_to_rejects_other_addresses(to: str) -> None:
     line, message = only(f'start: a\nstates:\n  a:\n    transfer: {{to: "{to}"}}\n')
@@ -360,6 +361,10 @@ def test_transfer_to_rejects_other_addresses(to: str) -> None:
         "to of transfer in state 'a' must be an E.164 number (+14155550100) "
         f"or a sip: URI (sip:user@host), not '{to}'"
     )
+
+
+def test_transfer_to_with_a_trailing_newline_is_rejected() -> None:
+    assert only('start: a\nstates:\n  a:\n    transfer: {to: "+14155550100\\n"}\n')[0] == 4
 
 
 # --- keys and types ----------------------------------------------------------------------------------
@@ -585,7 +590,7 @@ def test_typed_flow_is_fine() -> None:
             "TIMEOUT_S",
             "{s: 1}",
             12,
-            "timeout_s of transfer in state 'c' must be a whole number above 0, not 'a mapping'",
+            "timeout_s of transfer in state 'c' must be a whole number above 0, not a mapping",
         ),
         ("RECORD", "1", 12, "record in transfer in state 'c' must be true or false"),
     ],
