@@ -40,7 +40,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from agent.app import create_app
-    from agent.flow import FlowError, load_flow
+    from agent.flow import FlowError
+    from agent.flow_loader import load_flow
     from agent.logs import configure_logging
 
     settings = _settings(args)
@@ -106,7 +107,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_flow_check(args: argparse.Namespace) -> int:
-    from agent.flow import flow_check_command
+    from agent.flow_loader import flow_check_command
 
     return flow_check_command(args.file)
 

@@ -41,7 +41,9 @@ or hangs up with reason "no_fallback".
 are ignored. `Tick` counts only at or after `next_deadline()`.
 
 Session contract: every CallerSpeechStarted is followed by a CallerSpeechFinal
-(maybe with empty text); while the caller speaks there is no deadline.
+(maybe with empty text) or, for a sound too short to be a turn, by
+CallerSpeechAbandoned (the no-input timer restarts; no attempt is spent);
+while the caller speaks there is no deadline.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from typing import Any
 
 from agent.dialog_types import (
     Action,
+    CallerSpeechAbandoned,
     CallerSpeechFinal,
     CallerSpeechStarted,
     CallStarted,
@@ -88,7 +91,7 @@ class Phase(enum.Enum):
 _HANDLED: dict[Phase, tuple[type, ...]] = {
     Phase.IDLE: (CallStarted,),
     Phase.PROMPTING: (PromptFinished, PromptInterrupted, CallerSpeechFinal, DtmfPressed),
-    Phase.LISTENING: (CallerSpeechStarted, CallerSpeechFinal, DtmfPressed, Tick),
+    Phase.LISTENING: (CallerSpeechStarted, CallerSpeechFinal, CallerSpeechAbandoned, DtmfPressed, Tick),
     Phase.TRANSFERRING: (TransferFailed, CallStarted),
     Phase.DONE: (),
 }
@@ -163,7 +166,7 @@ class DialogEngine:
         """Apply `event`, which happened at `now_ms`; return what to do."""
         if isinstance(event, CallerSpeechStarted):
             self._caller_speaking = True
-        elif isinstance(event, CallerSpeechFinal):
+        elif isinstance(event, (CallerSpeechFinal, CallerSpeechAbandoned)):
             self._caller_speaking = False
         if not isinstance(event, _HANDLED[self._phase]):
             return []
@@ -176,6 +179,9 @@ class DialogEngine:
                 return self._prompt_ended(now_ms, interrupted=isinstance(event, PromptInterrupted))
             case CallerSpeechStarted():
                 self._deadline = None
+                return []
+            case CallerSpeechAbandoned():
+                self._deadline = now_ms + self._no_input_ms(self._current())
                 return []
             case CallerSpeechFinal(text=text):
                 if not self._accepts_input(now_ms):

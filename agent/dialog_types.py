@@ -35,6 +35,12 @@ class CallerSpeechFinal:
 
 
 @dataclass(frozen=True, slots=True)
+class CallerSpeechAbandoned:
+    """What began as speech was too short to be a turn (a click, a cough) and
+    nothing was recognised: not a failed attempt; the no-input timer restarts."""
+
+
+@dataclass(frozen=True, slots=True)
 class DtmfPressed:
     digit: str  # one of 0-9 * # A-D
 
@@ -70,6 +76,7 @@ Event = (
     CallStarted
     | CallerSpeechStarted
     | CallerSpeechFinal
+    | CallerSpeechAbandoned
     | DtmfPressed
     | PromptFinished
     | PromptInterrupted
@@ -108,7 +115,9 @@ class Listen:
 class Transition:
     from_state: str | None
     to_state: str
-    intent: str | None  # the intent name, or "no_match" / "no_input" / "fallback" / "collected" / "next" / "transfer_failed"
+    # the intent name, or "no_match" / "no_input" / "fallback" / "collected" /
+    # "next" / "transfer_failed" / "resume" / "resume_unknown"
+    intent: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +157,7 @@ class Voicemail:
 @dataclass(frozen=True, slots=True)
 class HangUp:
     state: str
-    reason: str
+    reason: str  # "completed" (a hangup state), "no_fallback", "transfer_failed", "dead_end"
 
 
 Action = Say | Listen | Transition | SlotFilled | Transfer | Conference | Voicemail | HangUp

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -121,8 +122,7 @@ class CallSession:
         self._deadline: int | None = None
         self._sensitive = False
         self._lockstep = False
-        self._awaiting_finals = 0
-        self._turn_onset_ms = 0
+        self._open_turns: deque[bool] = deque()  # ended turns awaiting their final: too short?
         self._turn_text: list[str] = []
         self._final_seen_at: float | None = None
         self._closing = False
@@ -256,17 +256,16 @@ class CallSession:
 
     def _on_turn(self, turn: SpeechStarted | SpeechEnded, now: int) -> None:
         if isinstance(turn, SpeechStarted):
-            self._turn_onset_ms = turn.onset_ms
             speaker = self._speaker
             if speaker is not None and speaker.speaking and speaker.barge_in_allowed:
                 self._barge_in(now - turn.onset_ms, now)
             self._dialog(d.CallerSpeechStarted())
         else:
-            self._awaiting_finals += 1
+            self._open_turns.append(turn.too_short)
             if self._stt is not None:
                 self._stt.end_turn(now)
             else:  # no recognizer (benchmarks): the turn ends with nothing understood
-                self._on_caller_final("", 0.0, turn.onset_ms, now)
+                self._on_turn_final("", 0.0, turn.onset_ms, now)
 
     def _barge_in(self, latency_ms: int, now: int) -> None:
         assert self._speaker is not None
@@ -347,16 +346,22 @@ class CallSession:
             if event.end_of_turn:
                 text = " ".join(self._turn_text)
                 self._turn_text = []
-                if self._awaiting_finals == 0 and not text:
-                    return  # the provider closed a turn we never opened
-                self._awaiting_finals = max(0, self._awaiting_finals - 1)
-                self._on_caller_final(text, event.confidence, event.start_ms, event.end_ms)
+                self._on_turn_final(text, event.confidence, event.start_ms, event.end_ms)
         elif isinstance(event, SpeechStartedHint):
             pass  # our own VAD decides barge-in for the offline provider
         elif isinstance(event, SttFailure):
             self.log.error("speech recognition failed (%s): caller speech is not understood", event.reason)
 
-    def _on_caller_final(self, text: str, confidence: float, start_ms: int, end_ms: int) -> None:
+    def _on_turn_final(self, text: str, confidence: float, start_ms: int, end_ms: int) -> None:
+        """A caller turn is over: hand it to the dialog. A sound too short to be
+        speech that nothing was recognised in is not a turn (no attempt spent)."""
+        if not self._open_turns and not text:
+            return  # the provider closed a turn our detector never opened
+        too_short = self._open_turns.popleft() if self._open_turns else False
+        if too_short and not text:
+            self.log.debug("a sound too short to be speech: ignored")
+            self._dialog(d.CallerSpeechAbandoned())
+            return
         self.log.info("caller said %r (confidence %.2f)", self._redact(text), confidence)
         self._publish(
             TranscriptFinalEvent,
@@ -423,6 +428,7 @@ class CallSession:
         self._tasks.spawn(self._update_call(twiml), f"call-update-{kind}")
 
     async def _update_call(self, twiml: str | None) -> None:
+        await self._save_state()  # before Twilio moves the call: its callbacks may resume it
         control = self._deps.call_control
         if control is None:
             self.log.warning(

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from agent.call_control import TwilioCallControl
 from agent.feed import Feed, MemoryFeed
-from agent.flow import Flow, load_flow
+from agent.flow import Flow
+from agent.flow_loader import load_flow
 from agent.ports import CallControl, CallStore, SpeechToText, TextToSpeech
 from agent.session import CallSession, SessionDeps
 from agent.settings import Settings

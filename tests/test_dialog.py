@@ -11,6 +11,7 @@ import pytest
 from agent.dialog import DialogEngine, Phase
 from agent.dialog_types import (
     Action,
+    CallerSpeechAbandoned,
     CallerSpeechFinal,
     CallerSpeechStarted,
     CallStarted,
@@ -29,7 +30,8 @@ from agent.dialog_types import (
     Transition,
     Voicemail,
 )
-from agent.flow import Defaults, Flow, State, load_flow, load_flow_text
+from agent.flow import Defaults, Flow, State
+from agent.flow_loader import load_flow, load_flow_text
 from agent.intents import DIGIT_PHRASES
 
 ACME = load_flow(Path(__file__).parent.parent / "fixtures" / "flows" / "acme.yaml")
@@ -345,6 +347,16 @@ def test_caller_speech_suspends_the_timer() -> None:
     assert call.send(CallerSpeechFinal("support", 0.9))[0] == Transition(
         "menu", "support", "support"
     )
+
+
+def test_a_sound_too_short_to_be_a_turn_restarts_the_timer_without_an_attempt() -> None:
+    call = Call()
+    call.prompt_done()
+    call.send(CallerSpeechStarted(), after_ms=3000)
+    assert call.engine.next_deadline() is None
+    assert call.send(CallerSpeechAbandoned(), after_ms=100) == []
+    assert call.engine.next_deadline() == call.now + 6000
+    assert call.send(Tick(), after_ms=6000)[0] == Transition("menu", "menu", "no_input")
 
 
 def test_stale_prompt_events_are_ignored() -> None:

@@ -17,6 +17,8 @@ from agent.flow import (
     Problem,
     TransferSpec,
     VoicemailSpec,
+)
+from agent.flow_loader import (
     check_flow,
     check_flow_text,
     flow_check_command,
