@@ -49,7 +49,7 @@ def without(obj: dict[str, object], path: str) -> str:
     *parents, last = path.split(".")
     inner = obj
     for key in parents:
-        inner = inner[key]  # type: ignore[assignment]
+        inner = inner[key]
     del inner[last]
     return json.dumps(obj)
 
@@ -58,7 +58,7 @@ def replaced(obj: dict[str, object], path: str, value: object) -> str:
     *parents, last = path.split(".")
     inner = obj
     for key in parents:
-        inner = inner[key]  # type: ignore[assignment]
+        inner = inner[key]
     inner[last] = value
     return json.dumps(obj)
 
@@ -94,7 +94,7 @@ def test_start_with_custom_parameters() -> None:
     assert isinstance(start, Start)
     assert isinstance(start.custom_parameters, MappingProxyType)
     with pytest.raises(TypeError):
-        start.custom_parameters["From"] = "+1"  # type: ignore[index]
+        start.custom_parameters["From"] = "+1"
     hash(start)  # custom_parameters is left out of the hash
 
 

@@ -41,19 +41,21 @@ def is_sip_uri(s: str) -> bool:
 def mask_number(s: str) -> str:
     """A caller or target, safe for logs.
 
-    E.164 keeps the country-ish prefix and the last 4 digits (`+1555***0000`),
-    fewer on short numbers so that at least 3 digits are always hidden;
-    a SIP URI keeps 2 characters of the user and the host
-    (`sip:al***@example.com`); anything else is `***`.
+    E.164 keeps up to 4 leading digits (the country-ish prefix) and the last
+    4 (`+1555***0000`), fewer on short numbers so that at least 3 digits are
+    always hidden. A SIP URI keeps the host and, if the user part is longer
+    than 3 characters, its first 2 (`sip:al***@example.com`); port and
+    parameters are dropped. Anything else is `***`.
     """
     if is_e164(s):
         digits = s[1:]
-        tail = 4 if len(digits) >= 8 else len(digits) // 3
-        head = max(0, min(4, len(digits) - tail - 3))
+        shown = min(8, max(0, len(digits) - 3))  # at least 3 digits stay hidden
+        tail = min(4, shown)
+        head = shown - tail
         return "+" + digits[:head] + "***" + (digits[-tail:] if tail else "")
     match = _SIP.fullmatch(s)
     if match is not None:
         user = match["user"]
-        shown = user[:2] if len(user) > 3 else ""
-        return f"sip:{shown}***@{match['host']}"
+        kept = user[:2] if len(user) > 3 else ""
+        return f"sip:{kept}***@{match['host']}"
     return "***"
