@@ -106,7 +106,8 @@ class StreamConnection:
 
     `receive_text` returns the message when it was accepted (possibly counted,
     e.g. a `sequence_gap`), None when it was rejected; it never raises on peer
-    input. `errors` counts every problem by kind, accepted or not; `last_error`
+    input. `errors` counts every problem by kind, accepted or not (one frame
+    can count twice, e.g. a `sequence_gap` on an `unknown_mark`); `last_error`
     is the latest. The send methods raise `StreamNotStarted` / `StreamStopped`
     (local errors) outside STREAMING.
     """
