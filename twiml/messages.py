@@ -8,8 +8,8 @@ Implements Twilio's "Media Streams - WebSocket Messages"
     server can also send messages back to Twilio."
 
 From Twilio: `connected`, `start`, `media`, `dtmf`, `mark`, `stop`. To Twilio:
-`media`, `mark`, `clear`. Exact shapes are in `fixtures/twilio/*.json` and
-docs `reference/protocols.md`. Two wire details shape this module:
+`media`, `mark`, `clear`. Exact shapes, as captured, are in
+`fixtures/twilio/*.json`. Two wire details shape this module:
 
 - Counters arrive as JSON strings: "sequenceNumber": "2", "chunk": "1",
   "timestamp": "155". They become `int` here; a counter that is not a run of

@@ -13,7 +13,7 @@ read strings out (the shape of websockets' `Protocol` and h11).
 States follow Twilio's message order ("connected" ... "start" ... "stop"):
 
     AWAITING_CONNECTED --connected--> AWAITING_START --start--> STREAMING --stop--> STOPPED
-            \\________________________start______________________/
+    AWAITING_CONNECTED --start--------------------------------> STREAMING
 
 `connected` is optional (a stream that opens with `start` is fine). Twilio
 says of `start`: "It is only sent once at the start of the Stream", so a second
@@ -29,9 +29,9 @@ corrupt the audio timeline) and counted but accepted for the rest. Media must
 be one frame (`frame_bytes`) from the inbound track.
 
 A `start` whose mediaFormat is not audio/x-mulaw, 8000 Hz, mono is rejected
-(`unsupported_format`) and kept in `unusable`: Twilio sends one start per
-stream, so that stream will never carry audio we can use and the session
-should close the socket.
+(`unsupported_format`, the state stays where it was) and kept in `unusable`:
+Twilio sends one start per stream, so that stream will never carry audio we
+can use and the session should close the socket.
 
 Marks: each `send_mark(name)` stays pending until Twilio echoes it back. Per
 Twilio, `clear` empties the buffered audio and sends back the marks still
