@@ -10,10 +10,10 @@ import pytest
 
 from twiml.signature import sign, validate_upgrade, validate_webhook
 
-# Twilio's documented example ("Secure webhooks" / request validation): auth
-# token 12345, this URL and these POST parameters. The docs have shown it with
-# two sets of phone numbers over the years; both vectors are pinned here, and
-# independent implementations in other languages agree on them.
+# Twilio's documented request-validation example: auth token 12345, this URL
+# and these POST parameters. Two variants (different phone numbers) are cited
+# as "the docs example" by independent implementations in other languages;
+# both vectors are pinned here, and RequestValidator reproduces both.
 TOKEN = "12345"
 URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
 PARAMS = {
