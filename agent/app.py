@@ -152,6 +152,12 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         )
         return Response(twiml, media_type=TWIML)
 
+    async def hangup(request: Request) -> Response:
+        """The end of a voicemail with nowhere to go next."""
+        if await signed_form(request) is None:
+            return forbidden()
+        return Response(documents.hangup(), media_type=TWIML)
+
     async def media(websocket: WebSocket) -> None:
         if settings.validate_signatures:
             assert settings.twilio_auth_token
@@ -199,7 +205,7 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
                 while True:
                     try:
                         event = await asyncio.wait_for(anext(events), SSE_HEARTBEAT_S)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
                     except StopAsyncIteration:
@@ -228,6 +234,7 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         routes=[
             Route("/twilio/voice", voice, methods=["POST"]),
             Route("/twilio/dial-result", dial_result, methods=["POST"]),
+            Route("/twilio/hangup", hangup, methods=["POST"]),
             WebSocketRoute("/twilio/media", media),
             Route("/ops/events", ops_events),
             Route("/healthz", healthz),

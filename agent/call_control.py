@@ -63,7 +63,7 @@ class TwilioCallControl:
                     code=exc.code,
                     retryable=exc.code in RETRYABLE_CODES or exc.status >= 500,
                 )
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 error = CallControlError(f"Twilio REST unreachable: {exc!r}", retryable=True)
             if not error.retryable or attempt == self._attempts:
                 raise error

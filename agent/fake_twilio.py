@@ -20,7 +20,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from xml.etree import ElementTree
@@ -45,7 +45,7 @@ class FakeCall:
     created: dict[str, str] = field(default_factory=dict)
 
     def resource(self) -> dict[str, Any]:
-        now = format_datetime(datetime.now(timezone.utc))
+        now = format_datetime(datetime.now(UTC))
         return {
             "sid": self.sid,
             "account_sid": self.account_sid,

@@ -8,6 +8,7 @@ a slow ops page can never slow the media path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -56,10 +57,8 @@ class _MemorySubscription:
 
     async def aclose(self) -> None:
         self._feed._subscribers.discard(self)
-        try:
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue ends the reader anyway
             self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            pass
 
 
 class MemoryFeed:

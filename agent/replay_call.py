@@ -120,7 +120,7 @@ def speech_segments(caller: bytes, threshold_dbfs: float = -35.0) -> list[tuple[
     """(onset_ms, end_ms) of the caller's speech, by frame energy (merge gaps < 300 ms)."""
     frames = split_frames(caller)
     voiced = []
-    for i, frame in enumerate(frames):
+    for frame in frames:
         pcm = mulaw.decode_array(frame).astype(np.float64)
         rms = float(np.sqrt(np.mean(pcm * pcm))) if len(pcm) else 0.0
         dbfs = 20 * np.log10(max(rms, 1e-9) / 32768.0)

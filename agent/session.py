@@ -126,6 +126,7 @@ class CallSession:
         self._turn_text: list[str] = []
         self._final_seen_at: float | None = None
         self._closing = False
+        self._close_with: tuple[int, str] | None = None  # the reader closes with this
         self._send_lock = asyncio.Lock()
 
     # --- the reader ------------------------------------------------------------
@@ -133,6 +134,8 @@ class CallSession:
         """Serve the stream until `stop`, the socket closes, or the call is handed on."""
         try:
             await self._read_loop()
+            if self._close_with is not None:
+                await self._close_socket(*self._close_with)
         except Exception:
             self.end_reason = "error"
             self.log.exception("call session failed")
@@ -142,7 +145,7 @@ class CallSession:
 
     async def _read_loop(self) -> None:
         conn = self.conn
-        while not self._closing:
+        while not self._closing and self._close_with is None:
             raw = await self._socket.receive()
             if raw is None:
                 return
@@ -173,11 +176,19 @@ class CallSession:
             frames = self.conn.data_to_send()
             if extra is not None:
                 frames.append(extra)
+            if self._closing:
+                return  # we closed the socket: nothing more goes to Twilio
             for frame in frames:
                 await self._socket.send(frame)
             self.stats.messages_out += len(frames)
 
     def _on_rejected(self) -> None:
+        if self.conn.unusable is not None:
+            # Twilio sends one start per stream: without a usable one there is no call
+            self.log.error("stream cannot be used (%s): closing", self.conn.unusable)
+            self.end_reason = "unsupported_format"
+            self._close_with = (1003, "unsupported media format")
+            return
         error = self.conn.last_error
         kind = error.kind if error is not None else "unknown"
         count = self.conn.errors[kind]
@@ -406,15 +417,24 @@ class CallSession:
                 self.log.info("slot %s = %s", action.name, action.log_value)
                 self._publish(ActionEvent, action="slot", detail={"name": action.name, "value": action.log_value})
             case d.Transfer():
-                action_url = f"{self._deps.base_url}/twilio/dial-result"
-                twiml = documents.dial(action.to, timeout_s=action.timeout_s, record=action.record, action_url=action_url)
+                twiml = documents.dial(
+                    action.to,
+                    timeout_s=action.timeout_s,
+                    record=action.record,
+                    action_url=f"{self._deps.base_url}/twilio/dial-result",
+                )
                 self._hand_on(f"transfer:{action.to}", twiml, {"to": mask_number(action.to)})
             case d.Conference():
                 twiml = documents.conference(action.room, record=action.record)
                 self._hand_on(f"conference:{action.room}", twiml, {"room": action.room})
             case d.Voicemail():
-                action_url = f"{self._deps.base_url}/twilio/voice?resume_state={action.next}" if action.next else None
-                twiml = documents.voicemail(max_s=action.max_s, action_url=action_url)
+                # after the recording Twilio requests the action URL: resume the
+                # agent at `next`, or hang up (a <Record> without action loops)
+                base = self._deps.base_url
+                resume = f"{base}/twilio/voice?resume_state={action.next}"
+                twiml = documents.voicemail(
+                    max_s=action.max_s, action_url=resume if action.next else f"{base}/twilio/hangup"
+                )
                 self._hand_on("voicemail", twiml, {"max_s": action.max_s})
             case d.HangUp():
                 self._hand_on("hangup", None, {"reason": action.reason})
@@ -503,4 +523,4 @@ class CallSession:
             )
 
     def _publish(self, kind: type[FeedEvent], **fields: object) -> None:
-        self._deps.feed.publish(kind(call_sid=self.call_sid, t=int(time.time() * 1000), **fields))  # type: ignore[arg-type]
+        self._deps.feed.publish(kind(call_sid=self.call_sid, t=int(time.time() * 1000), **fields))

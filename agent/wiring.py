@@ -18,7 +18,6 @@ from agent.ports import CallControl, CallStore, SpeechToText, TextToSpeech
 from agent.session import CallSession, SessionDeps
 from agent.settings import Settings
 from agent.store import MemoryStore
-from agent.tts_cache import CachedTextToSpeech
 
 log = logging.getLogger("callstream.wiring")
 
@@ -71,6 +70,8 @@ def build_speech_to_text(settings: Settings) -> SpeechToText | None:
 
 
 def build_text_to_speech(settings: Settings) -> TextToSpeech:
+    from agent.tts_cache import CachedTextToSpeech
+
     if settings.tts == "espeak":
         from agent.tts_espeak import EspeakTextToSpeech
 

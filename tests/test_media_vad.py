@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import webrtcvad
+from synth import noise, pcm, voiced
 
 from media import mulaw
 from media.frames import split_frames
@@ -10,28 +11,6 @@ from media.turns import SpeechEnded, SpeechStarted, TurnDetector
 from media.vad import VoiceActivity, frame_dbfs
 
 RATE = 8000
-
-
-def voiced(n: int, level_dbfs: float, f0: float = 130.0) -> np.ndarray:
-    """A voiced-speech stand-in: harmonics of a wobbling f0 shaped by two formants."""
-    t = np.arange(n) / RATE
-    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * 4 * t))) / RATE
-    x = np.zeros(n)
-    for k in range(1, int(3400 // f0)):
-        fk = k * f0
-        formants = (
-            1 + 2 * np.exp(-(((fk - 700) / 200) ** 2)) + 1.5 * np.exp(-(((fk - 1200) / 250) ** 2))
-        )
-        x += formants / k * np.sin(k * phase)
-    return x * 32768 * 10 ** (level_dbfs / 20) / np.sqrt(np.mean(x**2))
-
-
-def noise(n: int, level_dbfs: float, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 32768 * 10 ** (level_dbfs / 20), n)
-
-
-def pcm(x: np.ndarray) -> bytes:
-    return np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
 
 
 def frames(x: np.ndarray, frame_ms: int = 20) -> list[bytes]:

@@ -61,6 +61,11 @@ def test_characters_xml_cannot_carry_are_dropped() -> None:
     assert parameter is not None and parameter.get("value") == "abc\td"
 
 
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8080/twilio/media", "ws://localhost:1/twilio/media"])
+def test_plain_ws_only_to_loopback(url: str) -> None:
+    assert ET.fromstring(connect_stream(url, {})).find("Connect/Stream") is not None
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -75,6 +80,7 @@ def test_characters_xml_cannot_carry_are_dropped() -> None:
     ],
 )
 def test_stream_url_must_be_plain_wss(url: str) -> None:
+    """Only wss:// (ws:// to a loopback host is for local replay)."""
     with pytest.raises(ValueError):
         connect_stream(url, {})
     with pytest.raises(ValueError):

@@ -42,8 +42,11 @@ def _check_stream_url(url: str) -> None:
     # <Stream url>: a wss:// URL. Query strings are not supported (Twilio error
     # 31922): values travel as <Parameter name value>, which Twilio delivers in
     # the start message's customParameters.
+    # Plain ws:// is allowed only to a loopback host: local development and
+    # `callstream replay`, never something Twilio would be given.
     parts = urlsplit(url)
-    if parts.scheme != "wss" or not parts.hostname:
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if not parts.hostname or not (parts.scheme == "wss" or (parts.scheme == "ws" and loopback)):
         raise ValueError(f"<Stream url> must be a wss:// URL, got {url!r}")
     if parts.query or "?" in url:
         raise ValueError(

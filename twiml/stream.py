@@ -249,6 +249,11 @@ class StreamConnection:
         return frames
 
     @property
+    def has_data_to_send(self) -> bool:
+        """Cheap per-frame check: is anything queued for Twilio?"""
+        return bool(self._outbox)
+
+    @property
     def marks_pending(self) -> int:
         """Marks sent and not yet echoed (cleared marks are echoed too)."""
         return len(self._pending_marks)
