@@ -7,8 +7,14 @@ thread and streams 8 kHz mu-law to the event loop as eSpeak produces it: in
 synchronous mode `espeak_Synth` calls our callback with ~60 ms buffers of
 22 050 Hz audio, which the worker resamples and encodes right away.
 
-eSpeak is fast (the acme greeting, 5.6 s of speech, takes ~10 ms), so the
-first chunk is ready in well under a millisecond of synthesis time.
+eSpeak is fast (the acme greeting, 6.2 s of speech, is synthesized, resampled
+and encoded in ~40 ms; the first chunk is out after 2–4 ms).
+
+Reproducibility: eSpeak NG seeds its noise from the clock; we reseed it
+before every prompt. Output still depends on what the process synthesized
+before (pitch flutter state), so the same text matches in length to a few
+samples but not byte for byte — unless it is the same sequence of prompts in
+a fresh process, which is how fixtures/make_calls.py gets identical WAVs.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 )
 
 DEFAULT_RATE_WPM = 160
+RANDOM_SEED = 1
 OUTPUT_RATE = 8000
 
 
@@ -81,6 +88,12 @@ class EspeakEngine:
         ]
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synchronize.restype = ctypes.c_int
+        # eSpeak NG seeds its noise generator from the clock; a fixed seed per
+        # prompt keeps output reproducible (the fixture generator relies on it).
+        self._set_seed: Callable[[int], None] | None = getattr(lib, "espeak_ng_SetRandSeed", None)
+        if self._set_seed is not None:
+            lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+            lib.espeak_ng_SetRandSeed.restype = None
         data_path = espeakng_loader.get_data_path().encode()
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, _INITIALIZE_DONT_EXIT)
         if rate <= 0:
@@ -138,6 +151,8 @@ class EspeakEngine:
                 self._lib.espeak_SetParameter(_ESPEAK_RATE, rate_wpm, 0)
                 self._rate = rate_wpm
             data = text.encode("utf-8")
+            if self._set_seed is not None:
+                self._set_seed(RANDOM_SEED)
             self._sink = sink
             self._error = None
             try:
