@@ -47,7 +47,7 @@ CARRIER_WORDS: tuple[str, ...] = (
 )
 """Words that frame a request around a keyword; tolerated in pass 2."""
 
-REPLY_WORDS: tuple[str, ...] = ("hello", "hi", "yes", "no", "yeah", "okay", "what")
+REPLY_WORDS: tuple[str, ...] = ("hello", "hi", "yes", "no", "yeah", "okay")
 """Whole-utterance answers that are not keywords; a cheap path of their own."""
 REPLY_PENALTY = 20.0
 

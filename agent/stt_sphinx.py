@@ -12,8 +12,8 @@ between, and runs a cheap voice detector (webrtcvad) over it:
     in utterance ──3 s without voice and no end_turn──▶ dropped ──▶ idle
     idle ──end_turn──▶ empty final at once (nothing to decode)
 
-While in an utterance, every 400 ms of audio the whole utterance so far is
-decoded again for a partial result. Decoding blocks for 20–200 ms, so it runs
+While in an utterance, every 400 ms of audio with speech in it, the whole
+utterance so far is decoded again (first pass only) for a partial result. Decoding blocks for 20–200 ms, so it runs
 on a small thread pool; pocketsphinx decoders are not thread-safe and cost
 ~0.15 s and ~20 MB to create, so the pool keeps one per worker thread and a
 job checks one out for a single decode. Each decode resets the decoder's
@@ -127,6 +127,7 @@ class Recognizer:
         self._next_search = 0
         self._specs: dict[tuple[str, ...], GrammarSpec | None] = {}
         self._known: dict[str, bool] = {}
+        self._garbage: dict[str, list[str]] = {}
 
     def knows(self, word: str) -> bool:
         if word not in self._known:
@@ -153,8 +154,7 @@ class Recognizer:
         audio = prepare_audio(pcm8k)
         if spec.digits:
             return judge_digits(self._decode(spec.key, lambda: digit_transitions(spec), audio))
-        garbage = [w for w in (*CARRIER_WORDS, *GARBAGE_WORDS) if self.knows(w)]
-        garbage = [w for w in garbage if all(w not in p for p in spec.phrases)]
+        garbage = self._garbage_for(spec)
         replies = [w for w in REPLY_WORDS if w in garbage]
 
         def pass1() -> tuple[int, int, list[Transition]]:
@@ -175,6 +175,37 @@ class Recognizer:
             min_coverage=PASS2_MIN_COVERAGE,
         )
         return second if second.text else first
+
+    def _pronunciations(self, word: str) -> list[tuple[str, ...]]:
+        found = []
+        for variant in (word, *(f"{word}({i})" for i in range(2, 5))):
+            phones = self._decoder.lookup_word(variant)
+            if phones is None:
+                break
+            found.append(tuple(phones.split()))
+        return found
+
+    def _garbage_for(self, spec: GrammarSpec) -> list[str]:
+        """Garbage words that cannot eat a keyword's beginning or end: a word
+        sounding like the start of "invoice" ("in") would let the decoder say
+        "in" + garbage instead of the keyword."""
+        if spec.key in self._garbage:
+            return self._garbage[spec.key]
+        keys = [p for w in {w for ph in spec.phrases for w in ph} for p in self._pronunciations(w)]
+        kept = []
+        for word in (*CARRIER_WORDS, *GARBAGE_WORDS):
+            if not self.knows(word) or any(word in phrase for phrase in spec.phrases):
+                continue
+            prons = self._pronunciations(word)
+            if any(
+                k[: len(g)] == g or k[-len(g) :] == g for g in prons for k in keys if len(g) < len(k)
+            ):
+                continue
+            kept.append(word)
+        if len(self._garbage) > 256:
+            self._garbage.clear()
+        self._garbage[spec.key] = kept
+        return kept
 
     def _decode(
         self, key: str, build: Callable[[], tuple[int, int, list[Transition]]], audio: bytes
@@ -340,6 +371,7 @@ class SphinxStream:
         self._onset_ms = 0
         self._last_voice_ms = 0
         self._since_partial_ms = 0
+        self._voiced_since_partial = False
         self._last_partial = ""
         self._task = asyncio.create_task(self._run(), name=f"sphinx-stt {call_sid}")
 
@@ -429,9 +461,11 @@ class SphinxStream:
         if (
             partials
             and self._utt is not None
+            and self._voiced_since_partial
             and self._since_partial_ms >= self._s.partial_interval_ms
         ):
             self._since_partial_ms = 0
+            self._voiced_since_partial = False
             await self._partial()
 
     def _frame(self, frame: bytes) -> None:
@@ -453,6 +487,7 @@ class SphinxStream:
                 self._onset_ms = t - FRAME_MS * (len(self._recent) - 1)
                 self._last_voice_ms = t
                 self._since_partial_ms = 0
+                self._voiced_since_partial = True
                 self._last_partial = ""
                 self._emit(SpeechStartedHint(at_ms=self._onset_ms))
             return
@@ -460,6 +495,7 @@ class SphinxStream:
         self._since_partial_ms += FRAME_MS
         if voiced:
             self._last_voice_ms = t
+            self._voiced_since_partial = True
         elif t - self._last_voice_ms > self._s.stale_after_ms:
             self._reset_utterance()  # the session never called it a turn
 
