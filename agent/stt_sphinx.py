@@ -198,7 +198,10 @@ class Recognizer:
                 continue
             prons = self._pronunciations(word)
             if any(
-                k[: len(g)] == g or k[-len(g) :] == g for g in prons for k in keys if len(g) < len(k)
+                k[: len(g)] == g or k[-len(g) :] == g
+                for g in prons
+                for k in keys
+                if len(g) < len(k)
             ):
                 continue
             kept.append(word)
@@ -438,17 +441,32 @@ class SphinxStream:
             self._unsignalled = 0
             ops = list(self._ops)
             self._ops.clear()
-            pos = 0
-            for i, (kind, offset, arg) in enumerate(ops):
-                await self._scan(audio[pos:offset], partials=not _ends_turn(ops[i:]))
-                pos = offset
-                if kind == "phrases":
-                    self._phrases = arg
-                elif kind == "end":
-                    await self._end_turn(arg)
-                elif kind == "barrier" and not arg.done():
-                    arg.set_result(None)
-            await self._scan(audio[pos:], partials=True)
+            try:
+                await self._process(audio, ops)
+            except Exception as exc:  # a bug of ours: report it, keep the call's turns flowing
+                log.exception("sphinx: stream worker failed (call %s)", self.call_sid)
+                self._emit(SttFailure(reason=f"sphinx: {exc!r}", retryable=False))
+                self._reset_utterance()
+                for kind, _, arg in ops:
+                    if kind == "end":
+                        self._emit(Transcript("", True, 0.0, arg, arg, end_of_turn=True))
+                    elif kind == "barrier" and not arg.done():
+                        arg.set_result(None)
+
+    async def _process(self, audio: bytes, ops: list[_Op]) -> None:
+        """Audio and calls in the order the session made them."""
+        pos = 0
+        for i, (kind, offset, arg) in enumerate(ops):
+            await self._scan(audio[pos:offset], partials=not _ends_turn(ops[i:]))
+            pos = offset
+            if kind == "phrases":
+                self._phrases = arg
+            elif kind == "end":
+                await self._end_turn(arg)
+                ops[i] = ("answered", offset, arg)
+            elif kind == "barrier" and not arg.done():
+                arg.set_result(None)
+        await self._scan(audio[pos:], partials=True)
 
     async def _scan(self, chunk: bytes, *, partials: bool) -> None:
         data = self._carry + chunk
