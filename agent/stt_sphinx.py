@@ -474,8 +474,13 @@ class SphinxStream:
         self._carry = data[usable:]
         if self._first_ms is None:
             return
-        for i in range(0, usable, FRAME_BYTES):
-            self._frame(data[i : i + FRAME_BYTES])
+        if usable:
+            samples = np.frombuffer(data, dtype="<i2", count=usable // 2).astype(np.float32)
+            loud = (samples.reshape(-1, FRAME_BYTES // 2) ** 2).mean(axis=1) >= (
+                self._s.min_speech_rms**2
+            )
+            for k, i in enumerate(range(0, usable, FRAME_BYTES)):
+                self._frame(data[i : i + FRAME_BYTES], bool(loud[k]))
         if (
             partials
             and self._utt is not None
@@ -486,17 +491,16 @@ class SphinxStream:
             self._voiced_since_partial = False
             await self._partial()
 
-    def _frame(self, frame: bytes) -> None:
+    def _frame(self, frame: bytes, loud: bool) -> None:
         assert self._first_ms is not None
         t = self._first_ms + self._scanned_ms
         self._scanned_ms += FRAME_MS
-        samples = np.frombuffer(frame, dtype="<i2").astype(np.float32)
-        voiced = float(np.sqrt(np.mean(samples * samples))) >= self._s.min_speech_rms
-        if voiced:
-            try:
-                voiced = self._vad.is_speech(frame, RATE)
-            except Exception:  # webrtcvad rejects malformed frames
-                voiced = False
+        # webrtcvad sees every frame (its noise model adapts), and a frame only
+        # counts as voiced above the energy floor too, as in media/vad.py
+        try:
+            voiced = self._vad.is_speech(frame, RATE) and loud
+        except Exception:  # webrtcvad rejects malformed frames
+            voiced = False
         if self._utt is None:
             self._preroll.append(frame)
             self._recent.append(voiced)
