@@ -15,7 +15,7 @@ between, and runs a cheap voice detector (webrtcvad) over it:
 While in an utterance, every 400 ms of audio with speech in it, the whole
 utterance so far is decoded again (first pass only) for a partial result. Decoding blocks for 20–200 ms, so it runs
 on a small thread pool; pocketsphinx decoders are not thread-safe and cost
-~0.15 s and ~20 MB to create, so the pool keeps one per worker thread and a
+~0.1 s and ~26 MB to create, so the pool keeps one per worker thread and a
 job checks one out for a single decode. Each decode resets the decoder's
 feature state (`reinit_feat`) and decodes the utterance in one piece (batch
 CMN), so the result depends only on the audio and the phrases: replays are

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from agent.ports import TextToSpeech
@@ -72,7 +72,7 @@ class CachedTextToSpeech:
             self._entries.move_to_end(key)
         return audio
 
-    async def synthesize(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, voice: str, language: str) -> AsyncGenerator[bytes, None]:
         audio = self.get(text, voice, language)
         if audio is not None:
             self.hits += 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -225,7 +225,7 @@ class EspeakTextToSpeech:
                 cls._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
             return cls._executor
 
-    async def synthesize(self, text: str, voice: str, language: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, voice: str, language: str) -> AsyncGenerator[bytes, None]:
         espeak_voice = parse_voice(voice, language).espeak_voice
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

@@ -7,6 +7,7 @@ import re
 import sys
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ KEYS = {"description", "audio", "params", "caller", "events", "expect"}
 OUTCOME = re.compile(r"^(hangup|voicemail|transfer:(\+\d{8,15}|sip:\S+)|conference:\S+)$")
 
 
-def load_generator():
+def load_generator() -> Any:
     # importable by name: the generator builds each fixture in a spawned process
     if str(ROOT / "fixtures") not in sys.path:
         sys.path.insert(0, str(ROOT / "fixtures"))
@@ -31,7 +32,7 @@ def read_wav(path: Path) -> tuple[wave._wave_params, np.ndarray]:
         return w.getparams(), np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
 
 
-def test_the_required_calls_are_shipped():
+def test_the_required_calls_are_shipped() -> None:
     names = {p.stem for p in FIXTURES}
     assert {
         "billing_dtmf",
@@ -45,7 +46,7 @@ def test_the_required_calls_are_shipped():
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
-def test_fixture_is_well_formed(path: Path):
+def test_fixture_is_well_formed(path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
     assert isinstance(doc, dict) and set(doc) <= KEYS
     params, samples = read_wav(path.parent / doc["audio"])
@@ -68,7 +69,7 @@ def test_fixture_is_well_formed(path: Path):
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
-def test_audio_has_a_line_noise_floor_and_speech_where_the_caller_talks(path: Path):
+def test_audio_has_a_line_noise_floor_and_speech_where_the_caller_talks(path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
     _, samples = read_wav(path.parent / doc["audio"])
     frames = samples[: len(samples) // 160 * 160].astype(np.float64).reshape(-1, 160)
@@ -80,7 +81,7 @@ def test_audio_has_a_line_noise_floor_and_speech_where_the_caller_talks(path: Pa
         assert rms[first : first + 50].max() > 1000  # the caller is heard within a second
 
 
-def test_regenerating_a_fixture_gives_identical_bytes(tmp_path: Path):
+def test_regenerating_a_fixture_gives_identical_bytes(tmp_path: Path) -> None:
     load_generator().main(["--only", "bargein_agent", "--out", str(tmp_path)])
     for suffix in (".wav", ".yaml"):
         fresh = (tmp_path / f"bargein_agent{suffix}").read_bytes()

@@ -89,7 +89,7 @@ def said(text: str, voice: str) -> bytes:
     return phone_line(synthesize_8k(text, voice, 165))
 
 
-async def test_menu_keywords_are_recognised(stt):
+async def test_menu_keywords_are_recognised(stt: SphinxSpeechToText) -> None:
     call = await open_call(stt)
     for text, voice in [
         ("billing", "en-us+f2"),
@@ -103,7 +103,7 @@ async def test_menu_keywords_are_recognised(stt):
     await call.stream.aclose()
 
 
-async def test_keyword_inside_a_request_is_found(stt):
+async def test_keyword_inside_a_request_is_found(stt: SphinxSpeechToText) -> None:
     call = await open_call(stt)
     final = await call.turn(said("can I speak to an operator", "en-us+m3"))
     assert "operator" in final.text.split()
@@ -112,7 +112,7 @@ async def test_keyword_inside_a_request_is_found(stt):
     await call.stream.aclose()
 
 
-async def test_out_of_grammar_speech_is_rejected(stt):
+async def test_out_of_grammar_speech_is_rejected(stt: SphinxSpeechToText) -> None:
     call = await open_call(stt)
     for text, voice in [
         ("I want to order a pizza", "en-us+m3"),
@@ -123,14 +123,16 @@ async def test_out_of_grammar_speech_is_rejected(stt):
     await call.stream.aclose()
 
 
-async def test_spoken_digits_come_out_as_words(stt):
+async def test_spoken_digits_come_out_as_words(stt: SphinxSpeechToText) -> None:
     call = await open_call(stt, DIGITS)
     final = await call.turn(said("four eight one", "en-us+m3"))
     assert final.text == "four eight one"
     await call.stream.aclose()
 
 
-async def test_partial_results_and_speech_start_arrive_before_the_final(stt):
+async def test_partial_results_and_speech_start_arrive_before_the_final(
+    stt: SphinxSpeechToText,
+) -> None:
     call = await open_call(stt)
     await call.turn(said("representative", "en-us+m1"), live=True)
     kinds = [
@@ -147,7 +149,7 @@ async def test_partial_results_and_speech_start_arrive_before_the_final(stt):
     await call.stream.aclose()
 
 
-async def test_end_of_turn_on_line_noise_gives_an_empty_final(stt):
+async def test_end_of_turn_on_line_noise_gives_an_empty_final(stt: SphinxSpeechToText) -> None:
     call = await open_call(stt)
     final = await call.turn(phone_line(None, 1000, 1000))
     assert (final.text, final.is_final, final.end_of_turn) == ("", True, True)
@@ -155,7 +157,7 @@ async def test_end_of_turn_on_line_noise_gives_an_empty_final(stt):
     await call.stream.aclose()
 
 
-async def test_flush_when_idle_returns_at_once(stt):
+async def test_flush_when_idle_returns_at_once(stt: SphinxSpeechToText) -> None:
     call = await open_call(stt)
     await asyncio.wait_for(call.stream.flush(), 0.5)
     call.play(phone_line(None, 200, 0))
@@ -164,7 +166,7 @@ async def test_flush_when_idle_returns_at_once(stt):
     await asyncio.wait_for(call.stream.flush(), 0.5)  # closed: returns too
 
 
-async def test_no_events_after_aclose(stt):
+async def test_no_events_after_aclose(stt: SphinxSpeechToText) -> None:
     call = await open_call(stt)
     call.play(said("billing", "en-us+f2"))
     await call.stream.aclose()
@@ -175,7 +177,7 @@ async def test_no_events_after_aclose(stt):
     assert len(call.events) == seen
 
 
-async def test_phrases_apply_from_the_turn_after_they_are_set(stt):
+async def test_phrases_apply_from_the_turn_after_they_are_set(stt: SphinxSpeechToText) -> None:
     call = await open_call(stt, ["billing"])
     assert (await call.turn(said("agent", "en-us+f5"))).text == ""
     call.stream.set_phrases(["agent"])
@@ -183,7 +185,9 @@ async def test_phrases_apply_from_the_turn_after_they_are_set(stt):
     await call.stream.aclose()
 
 
-async def test_decoders_are_pooled_across_streams_and_results_repeat(stt):
+async def test_decoders_are_pooled_across_streams_and_results_repeat(
+    stt: SphinxSpeechToText,
+) -> None:
     audio = said("billing", "en-us+f2")
     results = []
     for _ in range(3):
@@ -194,7 +198,7 @@ async def test_decoders_are_pooled_across_streams_and_results_repeat(stt):
     assert len({(r.text, r.confidence) for r in results}) == 1
 
 
-async def test_concurrent_calls_share_the_pool():
+async def test_concurrent_calls_share_the_pool() -> None:
     provider = SphinxSpeechToText(workers=2)
     try:
         calls = [await open_call(provider) for _ in range(4)]
@@ -212,7 +216,7 @@ async def test_concurrent_calls_share_the_pool():
         await provider.aclose()
 
 
-async def test_a_broken_model_becomes_an_stt_failure_event():
+async def test_a_broken_model_becomes_an_stt_failure_event() -> None:
     provider = SphinxSpeechToText(workers=1, model_dir="/nonexistent/model")
     try:
         call = await open_call(provider)
@@ -229,7 +233,7 @@ async def test_a_broken_model_becomes_an_stt_failure_event():
 # --- the grammar rules, without audio --------------------------------------------------
 
 
-def test_phrases_are_normalised_and_unknown_words_dropped():
+def test_phrases_are_normalised_and_unknown_words_dropped() -> None:
     spec, dropped = normalize_phrases(
         ["Billing!", "technical support", "Acmeflux", "1", "billing"], lambda w: w != "acmeflux"
     )
@@ -239,7 +243,7 @@ def test_phrases_are_normalised_and_unknown_words_dropped():
     assert digits is not None and digits.digits
 
 
-def test_keywords_must_cover_most_of_the_speech():
+def test_keywords_must_cover_most_of_the_speech() -> None:
     spec = GrammarSpec((("billing",),))
     keyword_only = [Segment("<sil>", 0, 20), Segment("billing", 21, 60), Segment("<sil>", 61, 90)]
     assert judge(keyword_only, spec, min_coverage=0.6).text == "billing"

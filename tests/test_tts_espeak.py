@@ -25,7 +25,7 @@ async def collect(chunks: AsyncIterator[bytes]) -> list[bytes]:
     return [c async for c in chunks]
 
 
-async def test_greeting_is_plausible_telephone_audio():
+async def test_greeting_is_plausible_telephone_audio() -> None:
     chunks = await collect(EspeakTextToSpeech().synthesize(GREETING, "Polly.Joanna", "en-US"))
     audio = b"".join(chunks)
     seconds = len(audio) / 8000  # 8 kHz mu-law: one byte per sample
@@ -39,7 +39,7 @@ async def test_greeting_is_plausible_telephone_audio():
     assert (rms < 100).any()  # … with pauses between phrases
 
 
-async def test_concurrent_prompts_from_many_tasks_are_each_intact():
+async def test_concurrent_prompts_from_many_tasks_are_each_intact() -> None:
     # libespeak-ng carries a little state (pitch flutter) from one prompt to
     # the next, so outputs match in length to a few samples, not in bytes.
     tts = EspeakTextToSpeech()
@@ -52,7 +52,7 @@ async def test_concurrent_prompts_from_many_tasks_are_each_intact():
         assert abs(len(b"".join(chunks)) - len(reference)) < 80  # 10 ms
 
 
-async def test_leaving_early_stops_synthesis_and_the_engine_stays_usable():
+async def test_leaving_early_stops_synthesis_and_the_engine_stays_usable() -> None:
     tts = EspeakTextToSpeech()
     stream = tts.synthesize(GREETING * 5, "Polly.Joanna", "en-US")
     first = await anext(stream)
@@ -62,14 +62,14 @@ async def test_leaving_early_stops_synthesis_and_the_engine_stays_usable():
     assert len(again) > 2000
 
 
-async def test_an_unknown_espeak_voice_is_an_error_not_silence():
+async def test_an_unknown_espeak_voice_is_an_error_not_silence() -> None:
     with pytest.raises(EspeakError, match="no voice"):
         await collect(EspeakTextToSpeech().synthesize("hello", "espeak:xx-nowhere", "en-US"))
     # and the engine still works afterwards
     assert len(synthesize_8k("hello", "en-us+f3")) > 1000
 
 
-def test_polly_voices_map_to_espeak_voices():
+def test_polly_voices_map_to_espeak_voices() -> None:
     assert parse_voice("Polly.Joanna").espeak_voice == "en-us+f3"
     assert parse_voice("Polly.Matthew").espeak_voice == "en-us+m3"
     assert parse_voice("Polly.Amy").espeak_voice == "en+f3"
@@ -83,7 +83,7 @@ def test_polly_voices_map_to_espeak_voices():
     assert parse_voice("espeak:en-us-nyc+m2").espeak_voice == "en-us-nyc+m2"
 
 
-def test_unknown_voice_falls_back_with_one_warning(caplog):
+def test_unknown_voice_falls_back_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="agent.voices")
     first = parse_voice("Polly.Nobody", "en-GB")
     parse_voice("Polly.Nobody", "en-GB")
@@ -93,12 +93,17 @@ def test_unknown_voice_falls_back_with_one_warning(caplog):
     ) == 1
 
 
-def test_every_mapped_voice_exists_in_espeak():
+def test_every_mapped_voice_exists_in_espeak() -> None:
     engine = EspeakEngine.shared()
     voices = {parse_voice(v.voice_id).espeak_voice for v in POLLY_VOICES.values()}
     for voice in sorted(voices):
         got: list[int] = []
-        engine.synthesize("one", voice, 160, lambda s, got=got: got.append(len(s)) or True)
+
+        def sink(samples: np.ndarray, got: list[int] = got) -> bool:
+            got.append(len(samples))
+            return True
+
+        engine.synthesize("one", voice, 160, sink)
         assert sum(got) > 1000, voice
 
 
@@ -124,7 +129,7 @@ class CountingTts:
             yield chunk
 
 
-async def test_cache_hit_returns_identical_bytes_without_the_engine():
+async def test_cache_hit_returns_identical_bytes_without_the_engine() -> None:
     engine = CountingTts()
     cache = CachedTextToSpeech(engine)
     first = b"".join(await collect(cache.synthesize(GREETING, "Polly.Joanna", "en-US")))
@@ -137,7 +142,7 @@ async def test_cache_hit_returns_identical_bytes_without_the_engine():
     assert len(engine.calls) == 2
 
 
-async def test_concurrent_misses_synthesize_once():
+async def test_concurrent_misses_synthesize_once() -> None:
     engine = CountingTts()
     cache = CachedTextToSpeech(engine)
     results = await asyncio.gather(
@@ -149,7 +154,7 @@ async def test_concurrent_misses_synthesize_once():
     assert all(len(r) > 1 for r in results)  # every reader streamed
 
 
-async def test_a_reader_leaving_early_still_fills_the_cache():
+async def test_a_reader_leaving_early_still_fills_the_cache() -> None:
     engine = CountingTts()
     cache = CachedTextToSpeech(engine)
     stream = cache.synthesize(GREETING, "Polly.Joanna", "en-US")
@@ -163,7 +168,7 @@ async def test_a_reader_leaving_early_still_fills_the_cache():
     assert len(full) > 20_000 and engine.calls == [GREETING]
 
 
-async def test_failures_reach_every_reader_and_are_not_cached():
+async def test_failures_reach_every_reader_and_are_not_cached() -> None:
     engine = CountingTts()
     cache = CachedTextToSpeech(engine)
     engine.fail_next = True
@@ -176,7 +181,7 @@ async def test_failures_reach_every_reader_and_are_not_cached():
     assert engine.calls == ["Goodbye.", "Goodbye."]
 
 
-async def test_cache_evicts_least_recently_used_beyond_max_bytes():
+async def test_cache_evicts_least_recently_used_beyond_max_bytes() -> None:
     engine = CountingTts()
     one = len(b"".join(await collect(engine.synthesize("Goodbye.", "Polly.Joanna", "en-US"))))
     cache = CachedTextToSpeech(engine, max_bytes=int(one * 2.5))
