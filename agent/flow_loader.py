@@ -82,10 +82,11 @@ def check_flow_text(text: str, file: str = "<flow>") -> list[Problem]:
     return _parse(text, file)[1]
 
 
-def flow_check_command(path: str, out: TextIO = sys.stdout) -> int:
+def flow_check_command(path: str, out: TextIO | None = None) -> int:
     """`callstream flow check FILE`: print problems as `file:line: message`
     and a summary line. Exit code 0 when fine, 1 with problems, 2 when the file
     cannot be read."""
+    out = out or sys.stdout
     try:
         data = _read(path)
     except OSError as e:

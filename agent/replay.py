@@ -34,13 +34,15 @@ def fake_account_sid() -> str:
 
 
 @contextlib.asynccontextmanager
-async def local_server(settings: Settings, rest_base: str, account_sid: str) -> AsyncIterator[tuple[ReplayTarget, Settings]]:
+async def local_server(
+    settings: Settings, rest_base: str, account_sid: str, auth_token: str
+) -> AsyncIterator[tuple[ReplayTarget, Settings]]:
     sock = bound_socket()
     base = base_url_of(sock)
     server_settings = settings.with_overrides(
         public_base_url=base,
         twilio_account_sid=account_sid,
-        twilio_auth_token=secrets.token_hex(16),
+        twilio_auth_token=auth_token,
         twilio_api_base=rest_base,
         ops_token=secrets.token_hex(16),
     )
@@ -86,7 +88,9 @@ async def replay(
     log: IO[str] = sys.stderr,
 ) -> list[CallResult]:
     account_sid = settings.twilio_account_sid or fake_account_sid()
-    rest_token = settings.twilio_auth_token or secrets.token_hex(16)
+    # one throwaway token: the in-process server signs and checks with it, and
+    # its REST client authenticates with it against the fake API
+    rest_token = secrets.token_hex(16) if url is None else (settings.twilio_auth_token or secrets.token_hex(16))
     rest = FakeTwilioRest(account_sid, rest_token)
     rest_sock = bound_socket(port=rest_port)
     rest_base = base_url_of(rest_sock)
@@ -101,7 +105,7 @@ async def replay(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(serve_in_background(rest.app, rest_sock))
         if url is None:
-            target, _ = await stack.enter_async_context(local_server(settings, rest_base, account_sid))
+            target, _ = await stack.enter_async_context(local_server(settings, rest_base, account_sid, rest_token))
         else:
             target = target_for_url(url, settings, account_sid)
             rest.account_sid = target.account_sid
