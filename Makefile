@@ -23,7 +23,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check agent media twiml tests fixtures
-	$(BIN)/mypy media twiml
+	$(BIN)/mypy media twiml agent
 
 check: lint test
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from speech_clips import speech_8k
 
 from agent.ports import SpeechStartedHint, SttEvent, SttFailure, Transcript
 from agent.sphinx_grammar import GrammarSpec, Segment, judge, normalize_phrases
 from agent.stt_sphinx import SphinxSpeechToText, SphinxStream
-from agent.tts_espeak import synthesize_8k
 from media import mulaw
 
 MENU = [
@@ -86,7 +86,7 @@ async def open_call(stt: SphinxSpeechToText, phrases: list[str] = MENU) -> Call:
 
 
 def said(text: str, voice: str) -> bytes:
-    return phone_line(synthesize_8k(text, voice, 165))
+    return phone_line(speech_8k(text, voice, 165))
 
 
 async def test_menu_keywords_are_recognised(stt: SphinxSpeechToText) -> None:
