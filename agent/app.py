@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -21,6 +23,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from agent.logs import call_logger
+from agent.metrics import REGISTRY, WEBHOOK_MS
 from agent.session import CallSession
 from agent.settings import Settings
 from agent.wiring import Services, build_services
@@ -40,6 +43,22 @@ def stream_url(base_url: str) -> str:
     if base_url.startswith("https://"):
         return "wss://" + base_url[len("https://") :] + "/twilio/media"
     return "ws://" + base_url[len("http://") :] + "/twilio/media"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def timed(route: str, handler: Handler) -> Handler:
+    """Observe a webhook's handling time in callstream_webhook_latency_ms."""
+
+    async def wrapper(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            WEBHOOK_MS.labels(route).observe((time.perf_counter() - started) * 1000)
+
+    return wrapper
 
 
 class StarletteMediaSocket:
@@ -220,6 +239,10 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format (agent/metrics.py)."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -232,13 +255,14 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
 
     return Starlette(
         routes=[
-            Route("/twilio/voice", voice, methods=["POST"]),
-            Route("/twilio/dial-result", dial_result, methods=["POST"]),
-            Route("/twilio/hangup", hangup, methods=["POST"]),
+            Route("/twilio/voice", timed("voice", voice), methods=["POST"]),
+            Route("/twilio/dial-result", timed("dial-result", dial_result), methods=["POST"]),
+            Route("/twilio/hangup", timed("hangup", hangup), methods=["POST"]),
             WebSocketRoute("/twilio/media", media),
             Route("/ops/events", ops_events),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
         ],
         lifespan=lifespan,
     )

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from agent.events import FeedEvent
+from agent.metrics import FEED_DROPPED
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class MemoryFeed:
         for sub in tuple(self._subscribers):
             if not sub.offer(event):
                 self._dropped += 1
+                FEED_DROPPED.inc()
                 if self._dropped % 1000 == 1:
                     log.warning("feed subscriber too slow: %d events dropped so far", self._dropped)
 

@@ -11,9 +11,12 @@ since the stream started, the same clock the session runs on.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from agent.events import FeedEvent
+from media.recording import CallRecording
 
 # --- speech to text ---------------------------------------------------------
 
@@ -128,3 +131,37 @@ class CallStore(Protocol):
     async def claim_once(self, key: str, ttl_s: int) -> bool:
         """True the first time `key` is claimed within `ttl_s` (idempotency)."""
         ...
+
+
+# --- the archive ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """Everything the archive keeps of one finished call, already redacted:
+    numbers masked, sensitive slots as `***`, transcripts as published on the
+    live feed (DESIGN.md "Archive")."""
+
+    call_sid: str
+    stream_sid: str
+    account_sid: str
+    flow: str
+    from_: str  # masked
+    to: str  # masked
+    started_at_ms: int  # unix ms
+    duration_ms: int  # media timeline
+    end_reason: str
+    outcome: str | None
+    path: tuple[str, ...]
+    slots: Mapping[str, str]  # sensitive values redacted
+    events: tuple[FeedEvent, ...]  # transcripts, barge-ins, transitions, actions
+    bargein_ms: tuple[int, ...]
+    response_ms: tuple[float, ...]
+    malformed: Mapping[str, int]
+    recording: CallRecording
+
+
+class ArchiveQueue(Protocol):
+    async def enqueue(self, record: CallRecord) -> None:
+        """Hand a finished call over durably; a worker stores it later.
+        Must return quickly: the session only enqueues."""

@@ -43,9 +43,20 @@ from agent.feed import Feed
 from agent.flow import Flow
 from agent.lockstep import LOCKSTEP_PARAMETER, is_sync_message, synced_message
 from agent.logs import call_logger
+from agent.metrics import (
+    BARGEIN_MS,
+    CALLS_ACTIVE,
+    CALLS_TOTAL,
+    RESPONSE_MS,
+    STT_FINAL_MS,
+    TTS_FIRST_AUDIO_MS,
+    CallMetrics,
+)
 from agent.ports import (
+    ArchiveQueue,
     CallControl,
     CallControlError,
+    CallRecord,
     CallStore,
     SpeechStartedHint,
     SpeechToText,
@@ -58,6 +69,7 @@ from agent.ports import (
 from agent.speaker import Interrupted, Speaker
 from agent.tasks import TaskSet
 from media import mulaw
+from media.recording import CallRecording
 from media.turns import SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
 from media.vad import VoiceActivity
 from twiml import documents
@@ -92,12 +104,11 @@ class SessionDeps:
     base_url: str  # https://host as Twilio reaches us (action URLs)
     end_silence_ms: int = 700
     vad_aggressiveness: int = 2
+    archive: ArchiveQueue | None = None
 
 
 @dataclass
 class CallStats:
-    frames_in: int = 0
-    messages_out: int = 0
     bargeins: list[int] = field(default_factory=list)  # latency ms (media timeline)
     response_ms: list[float] = field(default_factory=list)  # STT final → first audio out (wall)
 
@@ -110,6 +121,14 @@ class CallSession:
         self.call_sid = "-"
         self.log: logging.LoggerAdapter[logging.Logger] = call_logger("-", "callstream.session")
         self.stats = CallStats()
+        self.metrics = CallMetrics()
+        self.recording = CallRecording()
+        self.stream_sid = ""
+        self.account_sid = ""
+        self._from = self._to = ""
+        self._started_at_ms = int(time.time() * 1000)
+        self._events: list[FeedEvent] = []
+        self._say_requested: dict[int, float] = {}
         self.now_ms = 0
         self.outcome: str | None = None
         self.end_reason = "socket_closed"
@@ -122,7 +141,7 @@ class CallSession:
         self._deadline: int | None = None
         self._sensitive = False
         self._lockstep = False
-        self._open_turns: deque[bool] = deque()  # ended turns awaiting their final: too short?
+        self._open_turns: deque[tuple[bool, float]] = deque()  # ended turns awaiting a final: (too short?, when)
         self._turn_text: list[str] = []
         self._final_seen_at: float | None = None
         self._closing = False
@@ -180,7 +199,7 @@ class CallSession:
                 return  # we closed the socket: nothing more goes to Twilio
             for frame in frames:
                 await self._socket.send(frame)
-            self.stats.messages_out += len(frames)
+            self.metrics.messages_out += len(frames)
 
     def _on_rejected(self) -> None:
         if self.conn.unusable is not None:
@@ -205,8 +224,17 @@ class CallSession:
         params = dict(start.custom_parameters)
         self._lockstep = params.get(LOCKSTEP_PARAMETER) == "1"
         self._speaker = Speaker(
-            self.conn, deps.tts, self._tasks.spawn, on_audio=self._on_tts_audio, log=self.log
+            self.conn,
+            deps.tts,
+            self._tasks.spawn,
+            on_audio=self._on_tts_audio,
+            recording=self.recording,
+            log=self.log,
         )
+        self.stream_sid, self.account_sid = start.stream_sid, start.account_sid
+        self._from, self._to = mask_number(params.get("From", "")), mask_number(params.get("To", ""))
+        self._started_at_ms = int(time.time() * 1000)
+        CALLS_ACTIVE.inc()
         resume = params.get("resume_state") or None
         transfer_status = params.get("transfer_status") or None
         snapshot = None
@@ -250,7 +278,11 @@ class CallSession:
             self.now_ms = now
         else:
             now = self.now_ms
-        self.stats.frames_in += 1
+        metrics = self.metrics
+        metrics.frames_in += 1
+        if metrics.frames_in % CallMetrics.FLUSH_EVERY_FRAMES == 0:
+            metrics.flush(self.conn.errors)
+        self.recording.caller(media.timestamp, media.payload)
         pcm = mulaw.decode(media.payload)
         turn = self._turns.process(self._vad.is_speech(pcm), now)
         if self._stt is not None:
@@ -272,7 +304,7 @@ class CallSession:
                 self._barge_in(now - turn.onset_ms, now)
             self._dialog(d.CallerSpeechStarted())
         else:
-            self._open_turns.append(turn.too_short)
+            self._open_turns.append((turn.too_short, time.perf_counter()))
             if self._stt is not None:
                 self._stt.end_turn(now)
             else:  # no recognizer (benchmarks): the turn ends with nothing understood
@@ -282,6 +314,7 @@ class CallSession:
         assert self._speaker is not None
         interrupted = self._speaker.interrupt(now)
         self.stats.bargeins.append(latency_ms)
+        BARGEIN_MS.observe(latency_ms)
         for cut in interrupted:
             self.log.info(
                 "barge-in after %d ms of speech: say %d cut, caller heard %d of %d ms",
@@ -326,8 +359,14 @@ class CallSession:
         if self._closing or self._speaker is None:
             return
         self._speaker.pump(self.now_ms)
+        if first:
+            requested = self._say_requested.pop(say.say_id, None)
+            if requested is not None:
+                TTS_FIRST_AUDIO_MS.observe((time.perf_counter() - requested) * 1000)
         if first and self._final_seen_at is not None:
-            self.stats.response_ms.append((time.perf_counter() - self._final_seen_at) * 1000)
+            response_ms = (time.perf_counter() - self._final_seen_at) * 1000
+            self.stats.response_ms.append(response_ms)
+            RESPONSE_MS.observe(response_ms)
             self._final_seen_at = None
         if self.conn.has_data_to_send:
             await self._flush()
@@ -368,7 +407,11 @@ class CallSession:
         speech that nothing was recognised in is not a turn (no attempt spent)."""
         if not self._open_turns and not text:
             return  # the provider closed a turn our detector never opened
-        too_short = self._open_turns.popleft() if self._open_turns else False
+        too_short = False
+        if self._open_turns:
+            too_short, asked = self._open_turns.popleft()
+            if self._stt is not None:
+                STT_FINAL_MS.observe((time.perf_counter() - asked) * 1000)
         if too_short and not text:
             self.log.debug("a sound too short to be speech: ignored")
             self._dialog(d.CallerSpeechAbandoned())
@@ -403,6 +446,7 @@ class CallSession:
             case d.Say():
                 assert self._speaker is not None
                 self.log.info("say %d in %s: %r", action.say_id, action.state, action.log_text)
+                self._say_requested[action.say_id] = time.perf_counter()
                 self._publish(ActionEvent, action="say", detail={"say_id": action.say_id, "text": action.log_text})
                 self._speaker.say(action)
             case d.Listen():
@@ -513,7 +557,7 @@ class CallSession:
             path = tuple(self._engine.path) if self._engine is not None else ()
             self.log.info(
                 "call ended (%s): path %s, %d frames, %d malformed messages",
-                self.end_reason, " → ".join(path), self.stats.frames_in, sum(self.conn.errors.values()),
+                self.end_reason, " → ".join(path), self.metrics.frames_in, sum(self.conn.errors.values()),
             )
             self._publish(
                 CallEndedEvent,
@@ -521,6 +565,46 @@ class CallSession:
                 path=path,
                 duration_ms=self.now_ms,
             )
+            self.metrics.flush(self.conn.errors)
+            CALLS_ACTIVE.dec()
+            CALLS_TOTAL.labels(self.end_reason.split(":", 1)[0]).inc()
+            await self._archive(path)
+
+    async def _archive(self, path: tuple[str, ...]) -> None:
+        """Hand the finished call to the archive queue (a worker stores it)."""
+        archive = self._deps.archive
+        if archive is None:
+            return
+        engine = self._engine
+        slots = {}
+        if engine is not None:
+            hidden = engine.sensitive_slots
+            slots = {k: "***" if k in hidden else v for k, v in engine.slots.items()}
+        record = CallRecord(
+            call_sid=self.call_sid,
+            stream_sid=self.stream_sid,
+            account_sid=self.account_sid,
+            flow=self._deps.flow.name,
+            from_=self._from,
+            to=self._to,
+            started_at_ms=self._started_at_ms,
+            duration_ms=self.now_ms,
+            end_reason=self.end_reason,
+            outcome=self.outcome,
+            path=path,
+            slots=slots,
+            events=tuple(self._events),
+            bargein_ms=tuple(self.stats.bargeins),
+            response_ms=tuple(self.stats.response_ms),
+            malformed=dict(self.conn.errors),
+            recording=self.recording,
+        )
+        try:
+            await archive.enqueue(record)
+        except Exception:
+            self.log.exception("could not enqueue the call for the archive")
 
     def _publish(self, kind: type[FeedEvent], **fields: object) -> None:
-        self._deps.feed.publish(kind(call_sid=self.call_sid, t=int(time.time() * 1000), **fields))
+        event = kind(call_sid=self.call_sid, t=int(time.time() * 1000), **fields)
+        self._events.append(event)
+        self._deps.feed.publish(event)

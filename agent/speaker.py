@@ -30,6 +30,7 @@ from agent.dialog_types import Say
 from agent.ports import TextToSpeech
 from media.frames import SAMPLE_RATE
 from media.playout import PlayoutTracker
+from media.recording import CallRecording
 from twiml.stream import StreamConnection
 
 BYTES_PER_MS = SAMPLE_RATE // 1000  # mu-law: one byte per sample
@@ -97,6 +98,7 @@ class Speaker:
         spawn: Spawn,
         *,
         on_audio: OnAudio | None = None,
+        recording: CallRecording | None = None,
         chunk_ms: int = 200,
         lead_ms: int = 1000,
         log: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
@@ -105,6 +107,8 @@ class Speaker:
         self._tts = tts
         self._spawn = spawn
         self._on_audio = on_audio
+        self._recording = recording
+        self._in_flight: dict[str, tuple[int, bytes]] = {}  # mark → (est. play start ms, audio)
         self._chunk_bytes = chunk_ms * BYTES_PER_MS
         self._lead_ms = lead_ms
         self._log = log or logging.getLogger(__name__)
@@ -163,6 +167,9 @@ class Speaker:
         echo = self.playout.marked(name)
         if echo is None:
             return False
+        start_ms, audio = self._in_flight.pop(name, (0, b""))
+        if echo.played and self._recording is not None:
+            self._recording.agent(start_ms, audio)
         utterance = self._by_id.get(echo.say_id)
         if utterance is not None:
             self._check_finished(utterance)
@@ -178,6 +185,7 @@ class Speaker:
         if not self._queue:
             return []
         had_audio_at_twilio = self.playout.playing
+        self._record_cut_chunk(now_ms)
         self.playout.clear(now_ms)
         if had_audio_at_twilio:
             self._conn.send_clear()
@@ -201,12 +209,23 @@ class Speaker:
     # --- inside -------------------------------------------------------------------
     def _send_chunk(self, utterance: Utterance, size: int, now_ms: int) -> None:
         start = utterance.sent_bytes
-        self._conn.send_media(bytes(utterance.audio[start : start + size]))
+        audio = bytes(utterance.audio[start : start + size])
+        self._conn.send_media(audio)
         utterance.sent_bytes += size
         utterance.chunks += 1
         mark = f"{utterance.say.say_id}.{utterance.chunks}"
         self._conn.send_mark(mark)
+        self._in_flight[mark] = (now_ms + self.playout.queued_ms(now_ms), audio)
         self.playout.sent(mark, utterance.say.say_id, size // BYTES_PER_MS, now_ms)
+
+    def _record_cut_chunk(self, now_ms: int) -> None:
+        """The chunk playing when `clear` went out was heard up to now."""
+        if self._recording is None:
+            return
+        for start_ms, audio in self._in_flight.values():
+            if start_ms <= now_ms < start_ms + len(audio) // BYTES_PER_MS:
+                self._recording.agent(start_ms, audio[: (now_ms - start_ms) * BYTES_PER_MS])
+                return
 
     def _check_finished(self, utterance: Utterance) -> None:
         if (

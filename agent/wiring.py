@@ -14,7 +14,7 @@ from agent.call_control import TwilioCallControl
 from agent.feed import Feed, MemoryFeed
 from agent.flow import Flow
 from agent.flow_loader import load_flow
-from agent.ports import CallControl, CallStore, SpeechToText, TextToSpeech
+from agent.ports import ArchiveQueue, CallControl, CallStore, SpeechToText, TextToSpeech
 from agent.session import CallSession, SessionDeps
 from agent.settings import Settings
 from agent.store import MemoryStore
@@ -34,6 +34,7 @@ class Services:
     call_control: CallControl | None
     store: CallStore
     feed: Feed
+    archive: ArchiveQueue | None = None
     sessions: set[CallSession] = field(default_factory=set)
 
     def session_deps(self) -> SessionDeps:
@@ -47,6 +48,7 @@ class Services:
             base_url=self.base_url,
             end_silence_ms=self.settings.end_silence_ms,
             vad_aggressiveness=self.settings.vad_aggressiveness,
+            archive=self.archive,
         )
 
     async def aclose(self) -> None:

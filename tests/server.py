@@ -81,6 +81,7 @@ async def running_server(
     tts: TextToSpeech | None = None,
     stt: SpeechToText | None = None,
     call_control: bool = True,
+    archive: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     rest_token = secrets.token_hex(8)
@@ -104,6 +105,8 @@ async def running_server(
             store=MemoryStore(),
             feed=RecordingFeed(events),
         )
+        if archive is not None:
+            services.archive = archive
         try:
             async with serve_in_background(create_app(settings, base, services), sock):
                 yield RunningServer(base, settings, services, rest, events)

@@ -160,3 +160,59 @@ async def test_dtmf_during_the_greeting_barges_in():
         assert call.at(OutboundClear) == [500]
         await call.silence(3000)
     assert path(server, call.call_sid) == ["menu", "support"]
+
+
+class ListArchive:
+    """An ArchiveQueue double that keeps what the session hands over."""
+
+    def __init__(self):
+        self.records = []
+
+    async def enqueue(self, record):
+        self.records.append(record)
+
+
+async def test_the_finished_call_goes_to_the_archive_with_both_tracks():
+    archive = ListArchive()
+    stt = ScriptedSpeechToText(["agent please"])
+    async with running_server(stt=stt, archive=archive) as server, server.call({"From": "+15551230000"}) as call:
+        await call.audio(caller_audio(3000, [(1500, 700)]))
+        await call.silence(4000)
+        await call.stop()
+        await asyncio.sleep(0.3)
+    [record] = archive.records
+    assert record.call_sid == call.call_sid and record.from_ == "+1555***0000"
+    assert record.path == ("menu", "operator") and record.outcome == "transfer:+14155550100"
+    assert record.bargein_ms == (record.bargein_ms[0],) and 0 < record.bargein_ms[0] <= 120
+    stereo = record.recording.stereo()
+    clear_ms = call.at(OutboundClear)[0]
+    agent = stereo[:, 1].astype(float)
+    assert abs(agent[: 8 * (clear_ms - 100)]).max() > 1000  # the greeting played until the clear
+    assert abs(agent[8 * (clear_ms + 20) : 8 * (clear_ms + 600)]).max() == 0  # nothing after it
+    assert abs(stereo[8 * 1600 : 8 * 2100, 0].astype(float)).max() > 1000  # the caller's speech
+    kinds = {type(e).__name__ for e in record.events}
+    assert {"TranscriptFinalEvent", "BargeInEvent", "TransitionEvent"} <= kinds
+
+
+async def test_metrics_count_calls_frames_and_bargeins():
+    import aiohttp
+
+    async with running_server(stt=ScriptedSpeechToText(["agent"])) as server:
+        async with server.call() as call:
+            await call.audio(caller_audio(2500, [(1000, 600)]))
+            await call.send_raw("{bad json")
+            await call.sync()
+            await call.stop()
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession() as http, http.get(f"{server.base}/metrics") as resp:
+            text = await resp.text()
+    assert resp.status == 200
+    for name in (
+        "callstream_calls_active 0.0",
+        "callstream_frames_in_total",
+        'callstream_malformed_messages_total{kind="bad_json"}',
+        "callstream_bargein_latency_ms_count",
+        "callstream_tts_first_audio_ms_count",
+        'callstream_calls_total{reason="stop"}',
+    ):
+        assert name in text, name
