@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from agent.call_routes import call_routes, stream_document, stream_parameters
 from agent.logs import call_logger
 from agent.metrics import REGISTRY, WEBHOOK_MS
 from agent.session import CallSession
@@ -130,13 +131,10 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         call_sid = params.get("CallSid", "-")
         clog = call_logger(call_sid, "callstream.app")
         try:
-            parameters = {
-                "From": params.get("From", ""),
-                "To": params.get("To", ""),
-                "CallSid": call_sid,
-                "resume_state": request.query_params.get("resume_state", ""),
-            }
-            twiml = documents.connect_stream(stream_url(base_url), parameters)
+            parameters = stream_parameters(
+                params, resume_state=request.query_params.get("resume_state", "")
+            )
+            twiml = stream_document(settings, base_url, stream_url(base_url), parameters)
             clog.info(
                 "incoming call from %s to %s: connecting the stream",
                 mask_number(params.get("From", "")),
@@ -145,30 +143,6 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         except Exception:
             clog.exception("could not answer the call: fallback TwiML")
             twiml = documents.say_and_hangup(FALLBACK_TEXT)
-        return Response(twiml, media_type=TWIML)
-
-    async def dial_result(request: Request) -> Response:
-        """`<Dial action>`: the transfer ended. If nobody took the call, resume the
-        agent at the transfer's `on_fail` state on a new stream (same CallSid)."""
-        params = await signed_form(request)
-        if params is None:
-            return forbidden()
-        call_sid = params.get("CallSid", "-")
-        status = params.get("DialCallStatus", "")
-        clog = call_logger(call_sid, "callstream.app")
-        if status in ("completed", "answered"):
-            clog.info("transfer finished (%s): hanging up", status)
-            return Response(documents.hangup(), media_type=TWIML)
-        clog.info("transfer failed (%s): resuming the agent", status or "unknown")
-        twiml = documents.connect_stream(
-            stream_url(base_url),
-            {
-                "From": params.get("From", ""),
-                "To": params.get("To", ""),
-                "CallSid": call_sid,
-                "transfer_status": status or "failed",
-            },
-        )
         return Response(twiml, media_type=TWIML)
 
     async def hangup(request: Request) -> Response:
@@ -256,7 +230,7 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
     return Starlette(
         routes=[
             Route("/twilio/voice", timed("voice", voice), methods=["POST"]),
-            Route("/twilio/dial-result", timed("dial-result", dial_result), methods=["POST"]),
+            *call_routes(settings, base_url, stream_url(base_url), svc, signed_form, timed),
             Route("/twilio/hangup", timed("hangup", hangup), methods=["POST"]),
             WebSocketRoute("/twilio/media", media),
             Route("/ops/events", ops_events),

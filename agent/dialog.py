@@ -287,6 +287,7 @@ class DialogEngine:
             voice=self.flow.voice,
             language=self.flow.language,
             barge_in=self._barge_in(state),
+            listens=state.listens,
         )
 
     def _render(self, template: str, *, masked: bool) -> str:

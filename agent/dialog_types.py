@@ -99,6 +99,7 @@ class Say:
     voice: str
     language: str
     barge_in: bool
+    listens: bool = False  # the state waits for the caller after this prompt
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,31 @@ class CallEndedEvent(FeedEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class CallStatusEvent(FeedEvent):
+    """A Twilio call status callback (initiated, ringing, in-progress, completed,
+    busy, no-answer, failed, canceled), published once however often Twilio
+    retries it."""
+
+    type: ClassVar[str] = "call.status"
+    status: str = ""
+    sequence: str = ""  # Twilio's SequenceNumber ("" when it sends none)
+    direction: str = ""
+    duration_s: int | None = None  # CallDuration, on completed
+
+
+@dataclass(frozen=True, slots=True)
+class CallUpdateFailedEvent(FeedEvent):
+    """A REST update of the live call failed for good (after retries); `then`
+    says what happens to the caller instead."""
+
+    type: ClassVar[str] = "call.update_failed"
+    action: str = ""  # transfer | conference | voicemail | hangup | say | hold
+    code: int | None = None  # Twilio error code (20003, 20429, 21211, …)
+    message: str = ""
+    then: str = ""  # continue_by_webhook | caller_gone | next_callback
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveStoredEvent(FeedEvent):
     type: ClassVar[str] = "archive.stored"
     location: str = ""
@@ -111,6 +136,8 @@ EVENT_TYPES: dict[str, type[FeedEvent]] = {
         TransitionEvent,
         ActionEvent,
         CallEndedEvent,
+        CallStatusEvent,
+        CallUpdateFailedEvent,
         ArchiveStoredEvent,
     )
 }

@@ -2,8 +2,12 @@
 
 A fixture is a YAML file beside its caller WAV: `audio`, `params` (Stream
 customParameters), `events` (DTMF at media times), `expect` (outcome, path,
-transcript, max_bargein_ms). Keys the generator uses (`caller`,
-`description`) are allowed and ignored here.
+transcript, max_bargein_ms), and how the simulated Twilio plays the parts
+Twilio decides: `dial_status` (how a transfer's `<Dial>` ends: busy,
+no-answer, failed…; default answered) and `follow_record` (run a voicemail
+`<Record>`'s action when the caller goes quiet; default: the call ends
+there). Keys the generator uses (`caller`, `description`) are allowed and
+ignored here.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Any
 
 import yaml
 
-FIXTURE_KEYS = {"audio", "params", "events", "expect", "caller", "description", "dial_status"}
+FIXTURE_KEYS = {
+    "audio", "params", "events", "expect", "caller", "description", "dial_status", "follow_record",
+}  # fmt: skip
+DIAL_STATUSES = ("answered", "completed", "busy", "no-answer", "failed", "canceled")
 EXPECT_KEYS = {"outcome", "path", "transcript", "max_bargein_ms", "max_wer"}
 
 
@@ -47,7 +54,8 @@ class Fixture:
     params: Mapping[str, str]
     events: tuple[DtmfEvent, ...]
     expect: Expectation
-    dial_status: str | None = None
+    dial_status: str | None = None  # how a <Dial> ends (DialCallStatus); None: answered
+    follow_record: bool = False  # run a <Record action> when the caller goes quiet
 
 
 def load_fixture(path: str | Path) -> Fixture:
@@ -83,6 +91,12 @@ def load_fixture(path: str | Path) -> Fixture:
     unknown = set(expect_raw) - EXPECT_KEYS
     if unknown:
         raise FixtureError(f"{path}: unknown expect keys {sorted(unknown)}")
+    dial_status = str(raw["dial_status"]) if raw.get("dial_status") else None
+    if dial_status is not None and dial_status not in DIAL_STATUSES:
+        raise FixtureError(f"{path}: dial_status {dial_status!r}: use one of {', '.join(DIAL_STATUSES)}")
+    follow_record = raw.get("follow_record", False)
+    if not isinstance(follow_record, bool):
+        raise FixtureError(f"{path}: follow_record must be true or false")
     expect_path = expect_raw.get("path")
     expect = Expectation(
         outcome=str(expect_raw["outcome"]) if "outcome" in expect_raw else None,
@@ -98,7 +112,8 @@ def load_fixture(path: str | Path) -> Fixture:
         params={str(k): str(v) for k, v in params.items()},
         events=tuple(sorted(events, key=lambda e: e.at_ms)),
         expect=expect,
-        dial_status=str(raw["dial_status"]) if raw.get("dial_status") else None,
+        dial_status=dial_status,
+        follow_record=follow_record,
     )
 
 

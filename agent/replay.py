@@ -27,6 +27,8 @@ from agent.fixtures import CallResult, Fixture, percentile
 from agent.replay_call import ReplayTarget, SimulatedCall
 from agent.serving import base_url_of, bound_socket, serve_in_background
 from agent.settings import Settings
+from agent.tts_cache import CachedTextToSpeech
+from agent.tts_espeak import EspeakTextToSpeech
 
 
 def fake_account_sid() -> str:
@@ -113,10 +115,11 @@ async def replay(
             print(f"fake Twilio REST API at {rest_base}: start the server with TWILIO_API_BASE={rest_base}", file=log)
         http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)))
         gate = asyncio.Semaphore(max(1, parallel))
+        tts = CachedTextToSpeech(EspeakTextToSpeech())  # Twilio's <Say>, when the agent uses it
 
         async def one(fixture: Fixture) -> CallResult:
             async with gate:
-                sim = SimulatedCall(fixture, target, rest, http, speed=speed, out_dir=out_dir)
+                sim = SimulatedCall(fixture, target, rest, http, speed=speed, out_dir=out_dir, tts=tts)
                 calls[sim.call_sid] = sim
                 return await sim.run()
 

@@ -16,6 +16,16 @@ inbound frame by its Media Streams timestamp, so the same audio yields the
 same decisions at any replay speed. Replay "lockstep" (a custom parameter
 set by `callstream replay --speed max`, see agent/lockstep.py) makes that
 exact by settling all work before answering each sync message.
+
+The agent's voice is an `AgentVoice` chosen by CALLSTREAM_SPEECH: `Speaker`
+streams our synthesis over this (bidirectional) stream; `TwimlSpeaker` has
+Twilio render `<Say>` while this (one-way) stream only listens, and Twilio's
+callbacks about it reach the session through `answer_twilio`.
+
+Handing the call on (transfer, conference, voicemail, hang-up) is a REST
+update. If it fails for good, the TwiML is kept in the store (`handoff_key`)
+and the stream is closed: Twilio then runs what follows `<Connect>`, a
+`<Redirect>` to /twilio/continue, which answers with it (agent/call_routes.py).
 """
 
 from __future__ import annotations
@@ -28,12 +38,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import dialog_types as d
-from agent.dialog import DialogEngine
+from agent.call_control import SerialCallControl
+from agent.dialog import DialogEngine, Phase
 from agent.events import (
     ActionEvent,
     BargeInEvent,
     CallEndedEvent,
     CallStartedEvent,
+    CallUpdateFailedEvent,
     FeedEvent,
     TranscriptFinalEvent,
     TranscriptPartialEvent,
@@ -66,7 +78,8 @@ from agent.ports import (
     TextToSpeech,
     Transcript,
 )
-from agent.speaker import Interrupted, Speaker
+from agent.speaker import AgentVoice, Interrupted, Speaker
+from agent.speaker_twiml import CallbackUrls, TwimlSpeaker
 from agent.tasks import TaskSet
 from media import mulaw
 from media.recording import CallRecording
@@ -78,6 +91,14 @@ from twiml.numbers import mask_number
 from twiml.stream import StreamConnection
 
 STATE_TTL_S = 6 * 3600
+HANDOFF_TTL_S = 3600
+
+
+def handoff_key(call_sid: str) -> str:
+    """Store key of the TwiML a call should continue with when its REST
+    update failed (read by /twilio/continue)."""
+    return f"handoff:{call_sid}"
+
 
 log = logging.getLogger("callstream.session")
 
@@ -105,6 +126,7 @@ class SessionDeps:
     end_silence_ms: int = 700
     vad_aggressiveness: int = 2
     archive: ArchiveQueue | None = None
+    speech: str = "stream"  # CALLSTREAM_SPEECH: stream | twiml
 
 
 @dataclass
@@ -135,7 +157,12 @@ class CallSession:
         self._tasks = TaskSet(self.log)
         self._vad = VoiceActivity(aggressiveness=deps.vad_aggressiveness)
         self._turns = TurnDetector(TurnConfig(end_silence_ms=deps.end_silence_ms))
-        self._speaker: Speaker | None = None
+        self._speaker: AgentVoice | None = None
+        self._control: CallControl | None = deps.call_control
+        self._handoff: str | None = None  # twiml mode: a hand-on that answers Twilio's callback
+        self._reader: asyncio.Task[None] | None = None
+        self._reading = False
+        self._ended_by_twilio = False
         self._engine: DialogEngine | None = None
         self._stt: SttStream | None = None
         self._deadline: int | None = None
@@ -150,9 +177,21 @@ class CallSession:
 
     # --- the reader ------------------------------------------------------------
     async def run(self) -> None:
-        """Serve the stream until `stop`, the socket closes, or the call is handed on."""
+        """Serve the stream until `stop`, the socket closes, the call is handed
+        on, or Twilio says the call is over (`end_from_twilio`)."""
+        self._reader = asyncio.current_task()
         try:
-            await self._read_loop()
+            try:
+                self._reading = True
+                await self._read_loop()
+            except asyncio.CancelledError:
+                if not self._ended_by_twilio:
+                    raise
+                if self._reader is not None:
+                    self._reader.uncancel()
+                self._close_with = (1000, "call ended")
+            finally:
+                self._reading = False
             if self._close_with is not None:
                 await self._close_socket(*self._close_with)
         except Exception:
@@ -201,6 +240,17 @@ class CallSession:
                 await self._socket.send(frame)
             self.metrics.messages_out += len(frames)
 
+    def end_from_twilio(self, status: str) -> None:
+        """Twilio reported the call over (a status callback) while this stream
+        is still open: stop reading now rather than wait on a socket that
+        may never speak again."""
+        if not self._reading or self._closing or self._reader is None:
+            return
+        self.log.warning("Twilio says the call is %s but its stream is still open: ending it", status)
+        self.end_reason = f"status:{status}"
+        self._ended_by_twilio = True
+        self._reader.cancel()
+
     def _on_rejected(self) -> None:
         if self.conn.unusable is not None:
             # Twilio sends one start per stream: without a usable one there is no call
@@ -223,14 +273,7 @@ class CallSession:
         self._tasks = TaskSet(self.log)
         params = dict(start.custom_parameters)
         self._lockstep = params.get(LOCKSTEP_PARAMETER) == "1"
-        self._speaker = Speaker(
-            self.conn,
-            deps.tts,
-            self._tasks.spawn,
-            on_audio=self._on_tts_audio,
-            recording=self.recording,
-            log=self.log,
-        )
+        self._speaker = self._make_speaker()
         self.stream_sid, self.account_sid = start.stream_sid, start.account_sid
         self._from, self._to = mask_number(params.get("From", "")), mask_number(params.get("To", ""))
         self._started_at_ms = int(time.time() * 1000)
@@ -266,10 +309,38 @@ class CallSession:
             to=mask_number(params.get("To", "")),
             flow=deps.flow.name,
         )
-        if transfer_status and snapshot is not None:
+        if transfer_status and snapshot is not None and self._engine.phase is Phase.TRANSFERRING:
+            self.log.info("transfer ended %s: resuming the dialog", transfer_status)
             self._dialog(d.TransferFailed(transfer_status))
         else:
+            if transfer_status and snapshot is not None:
+                # the saved state is not a transfer (a duplicate dial-result, or
+                # the call moved on): re-enter it rather than stay silent
+                self.log.warning("transfer result %s but no transfer in progress: resuming", transfer_status)
             self._dialog(d.CallStarted(resume_state=resume))
+
+    def _make_speaker(self) -> AgentVoice:
+        deps = self._deps
+        if deps.speech == "twiml":
+            if self._control is not None:
+                self._control = SerialCallControl(self._control)
+            return TwimlSpeaker(
+                self.call_sid,
+                self._control if isinstance(self._control, SerialCallControl) else None,
+                CallbackUrls(deps.base_url),
+                self._tasks.spawn,
+                clock=lambda: self.now_ms,
+                on_update_failed=self._on_speech_update_failed,
+                log=self.log,
+            )
+        return Speaker(
+            self.conn,
+            deps.tts,
+            self._tasks.spawn,
+            on_audio=self._on_tts_audio,
+            recording=self.recording,
+            log=self.log,
+        )
 
     # --- the per-frame path ----------------------------------------------------------
     def _on_media(self, media: Media) -> None:
@@ -327,12 +398,15 @@ class CallSession:
 
     # --- DTMF and marks ---------------------------------------------------------------
     def _on_dtmf(self, dtmf: Dtmf) -> None:
+        self._on_key(dtmf.digit)
+
+    def _on_key(self, digit: str) -> None:
         speaker = self._speaker
         if speaker is not None and speaker.speaking and speaker.barge_in_allowed:
             self._barge_in(0, self.now_ms)
-        self.log.info("DTMF %s", "*" if self._sensitive else dtmf.digit)
-        self._publish(ActionEvent, action="dtmf", detail={"digit": "*" if self._sensitive else dtmf.digit})
-        self._dialog(d.DtmfPressed(dtmf.digit))
+        self.log.info("DTMF %s", "*" if self._sensitive else digit)
+        self._publish(ActionEvent, action="dtmf", detail={"digit": "*" if self._sensitive else digit})
+        self._dialog(d.DtmfPressed(digit))
 
     def _on_mark(self, mark: Mark) -> None:
         if self._speaker is None or not self._speaker.on_mark(mark.name):
@@ -487,18 +561,27 @@ class CallSession:
         """Move the live call on (REST update); Twilio then stops this stream."""
         self.outcome = outcome
         kind = outcome.split(":", 1)[0]
-        self.log.info("%s: updating the live call", kind)
         self._publish(ActionEvent, action=kind, detail=detail)
+        speaker = self._speaker
+        if isinstance(speaker, TwimlSpeaker):
+            # the one-way fork outlives TwiML changes: stop it, or we would listen in
+            twiml = documents.stream_stopped_first(twiml or documents.hangup())
+            if speaker.is_answering:
+                self.log.info("%s: answering Twilio's callback with it", kind)
+                self._handoff = twiml
+                return
+        self.log.info("%s: updating the live call", kind)
         self._tasks.spawn(self._update_call(twiml), f"call-update-{kind}")
 
     async def _update_call(self, twiml: str | None) -> None:
         await self._save_state()  # before Twilio moves the call: its callbacks may resume it
-        control = self._deps.call_control
+        control = self._control
         if control is None:
             self.log.warning(
                 "call control is off (TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset): "
-                "ending the stream instead of updating the call"
+                "ending the stream; Twilio continues at /twilio/continue"
             )
+            await self._save_handoff(twiml)
             await self._close_socket(1000, self.outcome or "done")
             return
         try:
@@ -507,12 +590,65 @@ class CallSession:
             else:
                 await control.update_twiml(self.call_sid, twiml)
         except CallControlError as exc:
+            kind = (self.outcome or "hangup").split(":", 1)[0]
             if exc.code == 21220:
                 self.log.info("call already ended (Twilio 21220): nothing to update")
+                self.end_reason = "caller_gone"
+                then = "caller_gone"
             else:
-                self.log.error("could not update the call (%s): ending the stream", exc)
+                # defined outcome: the caller still gets the hand-on, by webhook
+                self.log.error(
+                    "could not update the call for the %s (%s): ending the stream; "
+                    "Twilio continues at /twilio/continue with it",
+                    kind, exc,
+                )
                 self.end_reason = "call_update_failed"
+                then = "continue_by_webhook"
+                await self._save_handoff(twiml)
+            self._publish(CallUpdateFailedEvent, action=kind, code=exc.code, message=str(exc), then=then)
             await self._close_socket(1000, "call update failed")
+
+    async def _save_handoff(self, twiml: str | None) -> None:
+        document = twiml if twiml is not None else documents.hangup()
+        try:
+            await self._deps.store.save(handoff_key(self.call_sid), {"twiml": document}, HANDOFF_TTL_S)
+        except Exception:
+            self.log.exception("could not keep the hand-on for /twilio/continue")
+
+    def _on_speech_update_failed(self, what: str, exc: CallControlError) -> None:
+        """twiml mode: a prompt or hold did not reach Twilio. The document stays
+        pending and answers Twilio's next callback (the hold loop); a call that
+        is over ends the stream."""
+        if exc.code == 21220:
+            self.log.info("call already ended (Twilio 21220): nothing to say")
+            self.end_reason = "caller_gone"
+            self._publish(CallUpdateFailedEvent, action=what, code=exc.code, message=str(exc), then="caller_gone")
+            self._close_with = (1000, "call ended")  # the reader closes at its next message
+            return
+        self.log.error("could not update the call for a %s (%s): it waits for Twilio's next callback", what, exc)
+        self._publish(CallUpdateFailedEvent, action=what, code=exc.code, message=str(exc), then="next_callback")
+
+    async def answer_twilio(self, say_id: int | None, digits: str) -> str | None:
+        """twiml mode: Twilio finished prompt `say_id` (a key may have ended it)
+        or, holding, heard `digits`; or just asks what next (both None/"").
+        Returns the TwiML the call goes on with; None if this session cannot
+        answer (stream mode, or over)."""
+        speaker = self._speaker
+        if not isinstance(speaker, TwimlSpeaker) or self._closing:
+            return None
+        with speaker.answering():
+            if say_id is not None:
+                if speaker.said(say_id, self.now_ms, key_pressed=bool(digits)):
+                    self._on_prompts_finished()
+                else:
+                    self.log.debug("said %d: not the prompt playing (stale)", say_id)
+            for digit in digits:
+                self._on_key(digit)
+        handoff, self._handoff = self._handoff, None
+        if handoff is not None:
+            await self._save_state()  # before Twilio moves the call: its callbacks may resume it
+            return handoff
+        return speaker.document()
 
     async def _save_state(self) -> None:
         if self._engine is None:

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from twiml.numbers import is_e164, is_sip_uri
+
 DEFAULT_FLOW = Path(__file__).resolve().parent.parent / "fixtures" / "flows" / "acme.yaml"
 
 
@@ -28,6 +30,8 @@ class Settings:
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
     twilio_api_base: str = "https://api.twilio.com"
+    twilio_from_number: str | None = None  # caller ID for `callstream call` (E.164 or sip:)
+    speech: str = "stream"  # stream (audio over the Media Stream) | twiml (Twilio renders <Say>)
     flow_path: str = str(DEFAULT_FLOW)
     stt: str = "sphinx"  # sphinx | deepgram | none
     tts: str = "espeak"  # espeak | polly
@@ -90,6 +94,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         twilio_account_sid=get("TWILIO_ACCOUNT_SID"),
         twilio_auth_token=get("TWILIO_AUTH_TOKEN"),
         twilio_api_base=get("TWILIO_API_BASE") or "https://api.twilio.com",
+        twilio_from_number=get("TWILIO_FROM_NUMBER"),
+        speech=(get("CALLSTREAM_SPEECH") or "stream").lower(),
         flow_path=get("CALLSTREAM_FLOW") or str(DEFAULT_FLOW),
         stt=(get("CALLSTREAM_STT") or "sphinx").lower(),
         tts=(get("CALLSTREAM_TTS") or "espeak").lower(),
@@ -119,6 +125,14 @@ def check_settings(s: Settings) -> None:
             )
         if parts.query or parts.fragment:
             raise ConfigError("PUBLIC_BASE_URL must not carry a query string or fragment")
+    if s.speech not in ("stream", "twiml"):
+        raise ConfigError(f"CALLSTREAM_SPEECH={s.speech!r}: use stream or twiml")
+    if s.twilio_from_number and not (
+        is_e164(s.twilio_from_number) or is_sip_uri(s.twilio_from_number)
+    ):
+        raise ConfigError(
+            "TWILIO_FROM_NUMBER must be an E.164 number (+14155550100) or a sip: URI"
+        )
     if s.stt not in ("sphinx", "deepgram", "none"):
         raise ConfigError(f"CALLSTREAM_STT={s.stt!r}: use sphinx, deepgram or none")
     if s.tts not in ("espeak", "polly"):
@@ -141,3 +155,13 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("CALLSTREAM_VAD_AGGRESSIVENESS must be 0, 1, 2 or 3")
     if not 200 <= s.end_silence_ms <= 5000:
         raise ConfigError("CALLSTREAM_END_SILENCE_MS must be between 200 and 5000")
+
+
+def check_serving(s: Settings) -> None:
+    """What `callstream serve` needs beyond `check_settings` (replay supplies
+    its own throwaway Twilio credentials, so these are checked only here)."""
+    if s.speech == "twiml" and not s.call_control_enabled:
+        raise ConfigError(
+            "CALLSTREAM_SPEECH=twiml needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN: "
+            "the agent speaks by updating the live call"
+        )

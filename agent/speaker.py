@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from agent.dialog_types import Say
 from agent.ports import TextToSpeech
@@ -88,6 +88,33 @@ class Interrupted:
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 OnAudio = Callable[[Say, bool], Awaitable[None]]  # (say, first audio of it?)
+
+
+class AgentVoice(Protocol):
+    """What the session asks of the agent's voice. `Speaker` streams our own
+    audio over the Media Stream; `agent.speaker_twiml.TwimlSpeaker` has Twilio
+    render `<Say>` (CALLSTREAM_SPEECH=twiml)."""
+
+    @property
+    def speaking(self) -> bool: ...
+
+    @property
+    def has_finished(self) -> bool: ...
+
+    @property
+    def barge_in_allowed(self) -> bool: ...
+
+    def say(self, say: Say) -> None: ...
+
+    def pump(self, now_ms: int) -> None: ...
+
+    def on_mark(self, name: str) -> bool: ...
+
+    def take_finished(self) -> list[Finished]: ...
+
+    def interrupt(self, now_ms: int) -> list[Interrupted]: ...
+
+    def close(self) -> None: ...
 
 
 class Speaker:

@@ -49,6 +49,7 @@ class Services:
             end_silence_ms=self.settings.end_silence_ms,
             vad_aggressiveness=self.settings.vad_aggressiveness,
             archive=self.archive,
+            speech=self.settings.speech,
         )
 
     async def aclose(self) -> None:

@@ -109,7 +109,7 @@ def test_call_started_enters_start_says_and_listens() -> None:
     text = "Thanks for calling Acme. Say billing, support or agent, or press 1, 2 or 0."
     assert actions == [
         Transition(None, "menu", None),
-        Say(1, "menu", text, text, "Polly.Joanna", "en-US", True),
+        Say(1, "menu", text, text, "Polly.Joanna", "en-US", True, listens=True),
         Listen("menu", MENU_PHRASES, False),
     ]
     assert (call.engine.state, call.engine.path, call.engine.phase) == (
@@ -157,7 +157,7 @@ def test_dtmf_billing_account_number_then_hang_up() -> None:
     assert actions == [
         Transition("menu", "billing", "billing"),
         Say(2, "billing", "Please enter your six digit account number.",
-            "Please enter your six digit account number.", "Polly.Joanna", "en-US", True),
+            "Please enter your six digit account number.", "Polly.Joanna", "en-US", True, listens=True),
         Listen("billing", DIGIT_PHRASES, sensitive=True),
     ]  # fmt: skip
     call.prompt_done()
@@ -203,7 +203,7 @@ def test_silence_three_times_reprompts_twice_then_falls_back() -> None:
         actions = call.silence()
         assert actions == [
             Transition("menu", "menu", "no_input"),
-            Say(say_id, "menu", no_input, no_input, "Polly.Joanna", "en-US", True),
+            Say(say_id, "menu", no_input, no_input, "Polly.Joanna", "en-US", True, listens=True),
             Listen("menu", MENU_PHRASES, False),
         ]
         assert call.engine.next_deadline() is None  # restarts when the re-prompt ends
@@ -544,7 +544,7 @@ def test_next_state_moves_on_after_its_prompt() -> None:
     assert call.prompt_done() == [
         Transition("hello", "quiet", "next"),
         Transition("quiet", "menu", "next"),  # no prompt: straight through
-        Say(2, "menu", "Press 1.", "Press 1.", "Polly.Joanna", "en-US", True),
+        Say(2, "menu", "Press 1.", "Press 1.", "Polly.Joanna", "en-US", True, listens=True),
         Listen("menu", (), False),
     ]
     assert call.engine.path == ["hello", "quiet", "menu"]

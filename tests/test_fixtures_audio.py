@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CALLS = ROOT / "fixtures" / "calls"
 FIXTURES = sorted(CALLS.glob("*.yaml"))
-KEYS = {"description", "audio", "params", "caller", "events", "expect"}
+KEYS = {"description", "audio", "params", "caller", "events", "expect", "dial_status"}
 OUTCOME = re.compile(r"^(hangup|voicemail|transfer:(\+\d{8,15}|sip:\S+)|conference:\S+)$")
 
 
@@ -41,6 +41,7 @@ def test_the_required_calls_are_shipped() -> None:
         "silence_fallback",
         "unrecognised_retries",
         "transfer_agent",
+        "transfer_no_answer",
     } <= names
     assert names == set(load_generator().FIXTURES)
 

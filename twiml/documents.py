@@ -16,8 +16,9 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
-from twilio.twiml.voice_response import Connect, Dial, Start, VoiceResponse
+from twilio.twiml.voice_response import Connect, Dial, Gather, Start, VoiceResponse
 
 from twiml.numbers import is_e164, is_sip_uri
 
@@ -65,16 +66,28 @@ def _add_parameters(stream: Any, parameters: Mapping[str, str | None]) -> None:
             stream.parameter(name=_xml_text(name), value=_xml_text(value))
 
 
-def connect_stream(stream_url: str, parameters: Mapping[str, str | None]) -> str:
+def connect_stream(
+    stream_url: str, parameters: Mapping[str, str | None], *, then_redirect: str | None = None
+) -> str:
     """`<Connect><Stream url><Parameter name value/>…</Stream></Connect>`: a
     bidirectional Media Stream to our socket. Parameters whose value is None or
-    empty are left out."""
+    empty are left out.
+
+    Twilio: "The only way Twilio executes TwiML instructions after
+    <Connect><Stream> is if your server closes the WebSocket connection". With
+    `then_redirect`, a `<Redirect method="POST">` follows, so a stream our
+    server ends (a failed call update, an error) continues at that URL instead
+    of hanging up in silence. A REST call update replaces the whole document,
+    so it never runs then.
+    """
     _check_stream_url(stream_url)
     response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=stream_url)
     _add_parameters(stream, parameters)
     response.append(connect)
+    if then_redirect is not None:
+        response.redirect(then_redirect, method="POST")
     return str(response)
 
 
@@ -207,11 +220,13 @@ def hangup() -> str:
     return str(response)
 
 
-def _say(response: VoiceResponse, text: str, voice: str | None) -> None:
+def _say(
+    parent: VoiceResponse | Gather, text: str, voice: str | None, language: str | None = None
+) -> None:
     text = _xml_text(text)
     if not text.strip():
         raise ValueError("<Say> needs some text")
-    response.say(text, voice=voice)
+    parent.say(text, voice=voice, language=language)
 
 
 def say_and_hangup(text: str = FALLBACK_TEXT, voice: str | None = None) -> str:
@@ -231,6 +246,112 @@ def say_pause(text: str, voice: str | None, pause_s: int) -> str:
     _say(response, text, voice)
     response.pause(length=pause_s)
     return str(response)
+
+
+# --- Twilio-rendered speech (CALLSTREAM_SPEECH=twiml) ---------------------------------
+
+ONEWAY_STREAM_NAME: Final = "callstream"
+"""`<Stream name>` of the one-way fork, so a hand-on can `<Stop>` it by name."""
+
+
+def hold(*, keys_url: str, continue_url: str, hold_s: int) -> str:
+    """`<Gather input="dtmf" numDigits="1" timeout action/>` then `<Redirect>`.
+
+    Keeps a call whose agent is silent up while listening for keys: a key is
+    POSTed to `keys_url` as `Digits`; with none for `hold_s` seconds Twilio
+    goes on to the `<Redirect>` (a Gather with no input and no
+    actionOnEmptyResult "will continue to the next verb"), where we answer
+    with whatever the call should do next, usually this document again.
+    """
+    response = VoiceResponse()
+    _hold(response, keys_url=keys_url, continue_url=continue_url, hold_s=hold_s)
+    return str(response)
+
+
+def _hold(response: VoiceResponse, *, keys_url: str, continue_url: str, hold_s: int) -> None:
+    if hold_s < 1:
+        raise ValueError(f"hold_s must be at least 1, got {hold_s}")  # Twilio warning 13313
+    response.append(
+        Gather(input="dtmf", num_digits=1, timeout=hold_s, action=keys_url, method="POST")
+    )
+    response.redirect(continue_url, method="POST")
+
+
+def start_stream_and_hold(
+    stream_url: str,
+    parameters: Mapping[str, str | None],
+    *,
+    keys_url: str,
+    continue_url: str,
+    hold_s: int,
+    name: str = ONEWAY_STREAM_NAME,
+) -> str:
+    """`<Start><Stream name url>` (a one-way fork that lasts until the call
+    ends or `<Stop><Stream name>`), then `hold(...)`: the answer to a call in
+    CALLSTREAM_SPEECH=twiml mode. Twilio: "While Twilio is setting up the
+    Media Stream, it also immediately continues with the next TwiML
+    instruction. If there is no instruction, the Call disconnects."
+    """
+    _check_stream_url(stream_url)
+    response = VoiceResponse()
+    start = Start()
+    stream = start.stream(url=stream_url, name=name)
+    _add_parameters(stream, parameters)
+    response.append(start)
+    _hold(response, keys_url=keys_url, continue_url=continue_url, hold_s=hold_s)
+    return str(response)
+
+
+def speak(
+    text: str,
+    *,
+    voice: str | None,
+    language: str | None,
+    said_url: str,
+    keys: bool,
+    gather_timeout_s: int = 1,
+) -> str:
+    """One agent prompt rendered by Twilio, and a callback when it is over.
+
+    With `keys` (the caller may answer with keys, and interrupt): the `<Say>`
+    is nested in `<Gather input="dtmf" numDigits="1" actionOnEmptyResult>`,
+    so a key stops the Say at once (Twilio's own barge-in) and Twilio POSTs
+    `said_url` with `Digits`; with no key within `gather_timeout_s` after the
+    Say, it POSTs `said_url` with empty `Digits`. Without `keys`:
+    `<Say/><Redirect method="POST">said_url</Redirect>`, and keys during the
+    prompt are not heard (as a non-barge-in prompt ignores them).
+    """
+    if gather_timeout_s < 1:
+        raise ValueError(f"gather_timeout_s must be at least 1, got {gather_timeout_s}")
+    response = VoiceResponse()
+    if keys:
+        gather = Gather(
+            input="dtmf",
+            num_digits=1,
+            timeout=gather_timeout_s,
+            action=said_url,
+            method="POST",
+            action_on_empty_result=True,
+        )
+        _say(gather, text, voice, language)
+        response.append(gather)
+    else:
+        _say(response, text, voice, language)
+        response.redirect(said_url, method="POST")
+    return str(response)
+
+
+def stream_stopped_first(twiml: str, name: str = ONEWAY_STREAM_NAME) -> str:
+    """The same document with `<Stop><Stream name/></Stop>` as its first verb:
+    a call handed on (transfer, conference, voicemail) stops the one-way fork
+    so the agent no longer listens in."""
+    root = ElementTree.fromstring(twiml)
+    if root.tag != "Response":
+        raise ValueError("not a TwiML <Response> document")
+    stop = ElementTree.Element("Stop")
+    ElementTree.SubElement(stop, "Stream", {"name": name})
+    root.insert(0, stop)
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(root, encoding="unicode")
 
 
 FALLBACK_TWIML: Final = say_and_hangup()
