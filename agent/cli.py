@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from agent.settings import ConfigError, Settings, load_settings
+from agent.settings import ConfigError, Settings, check_serving, load_settings
 
 
 def _is_loopback(host: str) -> bool:
@@ -45,6 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
 
     settings = _settings(args)
+    check_serving(settings)
     configure_logging(settings.log_level, json_lines=args.json_logs)
     if not settings.twilio_auth_token and not _is_loopback(args.host) and not args.insecure:
         print(
@@ -106,6 +107,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    from agent.outbound import call_command
+
+    return call_command(_settings(args), args.to, args.from_)
+
+
 def cmd_flow_check(args: argparse.Namespace) -> int:
     from agent.flow_loader import flow_check_command
 
@@ -135,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rest-port", type=int, default=0, help="port for the fake Twilio REST API (with --url)")
     rep.add_argument("-v", "--verbose", action="store_true", help="show the server's log")
     rep.set_defaults(func=cmd_replay)
+
+    call = sub.add_parser("call", help="place an outbound call through Twilio REST")
+    call.add_argument("to", metavar="TO", help="E.164 number (+14155550100) or sip: URI")
+    call.add_argument("--from", dest="from_", metavar="NUMBER", help="caller ID (default: TWILIO_FROM_NUMBER)")
+    call.set_defaults(func=cmd_call)
 
     flow = sub.add_parser("flow", help="dialog flow tools")
     flow_sub = flow.add_subparsers(dest="flow_command", required=True)

@@ -43,6 +43,7 @@ class FakeCall:
     status: str = "in-progress"
     updates: list[dict[str, str]] = field(default_factory=list)
     created: dict[str, str] = field(default_factory=dict)
+    status_events: list[str] = field(default_factory=list)  # StatusCallbackEvent (repeated)
 
     def resource(self) -> dict[str, Any]:
         now = format_datetime(datetime.now(UTC))
@@ -123,6 +124,12 @@ class FakeTwilioRest:
         self.calls[sid] = call
         return call
 
+    def reset(self) -> None:
+        """Forget calls, requests and queued failures (one fake, many tests)."""
+        self.calls.clear()
+        self.requests.clear()
+        self._failures.clear()
+
     def fail_next(
         self, status: int, code: int, message: str = "injected", *, times: int = 1, call_sid: str | None = None
     ) -> None:
@@ -200,7 +207,8 @@ class FakeTwilioRest:
         failure = self._take_failure(None)
         if failure is not None:
             return self._error(failure.status, failure.code, failure.message)
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        multi = await request.form()
+        form = {k: str(v) for k, v in multi.items()}
         to, from_ = form.get("To", ""), form.get("From", "")
         if not (E164.match(to) or to.startswith("sip:") or to.startswith("client:")):
             return self._error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
@@ -209,4 +217,5 @@ class FakeTwilioRest:
         sid = "CA" + secrets.token_hex(16)
         call = self.add_call(sid, from_=from_, to=to, direction="outbound-api", status="queued")
         call.created = form
+        call.status_events = [str(v) for v in multi.getlist("StatusCallbackEvent")]
         return JSONResponse(call.resource(), status_code=201)
