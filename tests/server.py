@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import websockets
 from doubles import ScriptedSpeechToText, ToneTextToSpeech
 from twilio_client import TwilioStream
@@ -47,16 +48,34 @@ class RunningServer:
 
     @contextlib.asynccontextmanager
     async def call(
-        self, parameters: dict[str, str] | None = None, *, lockstep: bool = True, signed: bool = True
+        self,
+        parameters: dict[str, str] | None = None,
+        *,
+        lockstep: bool = True,
+        signed: bool = True,
+        call_sid: str | None = None,
     ) -> AsyncIterator[TwilioStream]:
+        """A stream of a new call, or (`call_sid`) a further stream of that call."""
         headers = {}
         if signed and self.settings.twilio_auth_token:
             headers["X-Twilio-Signature"] = sign(self.settings.twilio_auth_token, self.stream_url)
         async with websockets.connect(self.stream_url, additional_headers=headers) as ws:
-            stream = TwilioStream(ws)
-            self.rest.add_call(stream.call_sid)
+            stream = TwilioStream(ws, call_sid)
+            if stream.call_sid not in self.rest.calls:
+                self.rest.add_call(stream.call_sid)
             await stream.start(parameters, lockstep=lockstep)
             yield stream
+
+    async def post(
+        self, path: str, form: dict[str, str], *, signed: bool = True
+    ) -> tuple[int, str]:
+        """POST a Twilio webhook (signed over the public URL when a token is set)."""
+        url = self.base + path
+        headers = {}
+        if signed and self.settings.twilio_auth_token:
+            headers["X-Twilio-Signature"] = sign(self.settings.twilio_auth_token, url, form)
+        async with aiohttp.ClientSession() as http, http.post(url, data=form, headers=headers) as resp:
+            return resp.status, await resp.text()
 
     def feed_types(self, call_sid: str) -> list[str]:
         return [e.type for e in self.events if e.call_sid == call_sid]
