@@ -36,8 +36,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from agent.events import ActionEvent, CallStatusEvent, FeedEvent
+from agent.handoff import take_handoff
 from agent.logs import call_logger
-from agent.session import HANDOFF_TTL_S, CallSession, handoff_key
+from agent.session import CallSession
 from agent.settings import Settings
 from agent.speaker_twiml import HOLD_S, CallbackUrls
 from agent.wiring import Services
@@ -210,15 +211,14 @@ def call_routes(
     async def continue_without_session(call_sid: str) -> str:
         """The stream is gone: the hand-on a failed REST update left, else goodbye."""
         clog = call_logger(call_sid, "callstream.app")
-        store = services().store
         try:
-            pending = await store.load(handoff_key(call_sid))
-            if pending and isinstance(pending.get("twiml"), str):
-                await store.save(handoff_key(call_sid), {}, HANDOFF_TTL_S)  # used once
-                clog.info("continuing with the hand-on the stream could not make")
-                return str(pending["twiml"])
+            pending = await take_handoff(services().store, call_sid)
         except Exception:
             clog.exception("could not read the pending hand-on")
+            pending = None
+        if pending is not None:
+            clog.info("continuing with the hand-on the stream could not make")
+            return pending
         clog.warning("the call's stream ended with nothing to continue with: apologising and hanging up")
         return documents.say_and_hangup(FALLBACK_TEXT)
 

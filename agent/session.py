@@ -23,9 +23,8 @@ Twilio render `<Say>` while this (one-way) stream only listens, and Twilio's
 callbacks about it reach the session through `answer_twilio`.
 
 Handing the call on (transfer, conference, voicemail, hang-up) is a REST
-update. If it fails for good, the TwiML is kept in the store (`handoff_key`)
-and the stream is closed: Twilio then runs what follows `<Connect>`, a
-`<Redirect>` to /twilio/continue, which answers with it (agent/call_routes.py).
+update; if Twilio refuses it for good, agent/handoff.py keeps it for the
+webhook that follows the stream and the session closes the stream.
 """
 
 from __future__ import annotations
@@ -53,6 +52,7 @@ from agent.events import (
 )
 from agent.feed import Feed
 from agent.flow import Flow
+from agent.handoff import hand_on
 from agent.lockstep import LOCKSTEP_PARAMETER, is_sync_message, synced_message
 from agent.logs import call_logger
 from agent.metrics import (
@@ -91,14 +91,6 @@ from twiml.numbers import mask_number
 from twiml.stream import StreamConnection
 
 STATE_TTL_S = 6 * 3600
-HANDOFF_TTL_S = 3600
-
-
-def handoff_key(call_sid: str) -> str:
-    """Store key of the TwiML a call should continue with when its REST
-    update failed (read by /twilio/continue)."""
-    return f"handoff:{call_sid}"
-
 
 log = logging.getLogger("callstream.session")
 
@@ -575,45 +567,17 @@ class CallSession:
 
     async def _update_call(self, twiml: str | None) -> None:
         await self._save_state()  # before Twilio moves the call: its callbacks may resume it
-        control = self._control
-        if control is None:
-            self.log.warning(
-                "call control is off (TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset): "
-                "ending the stream; Twilio continues at /twilio/continue"
-            )
-            await self._save_handoff(twiml)
+        kind = (self.outcome or "hangup").split(":", 1)[0]
+        failed = await hand_on(self._control, self._deps.store, self.call_sid, twiml, kind=kind, log=self.log)
+        if failed is None:
+            return  # Twilio stops this stream
+        error = failed.error
+        if error is None:  # call control is off
             await self._close_socket(1000, self.outcome or "done")
             return
-        try:
-            if twiml is None:
-                await control.hang_up(self.call_sid)
-            else:
-                await control.update_twiml(self.call_sid, twiml)
-        except CallControlError as exc:
-            kind = (self.outcome or "hangup").split(":", 1)[0]
-            if exc.code == 21220:
-                self.log.info("call already ended (Twilio 21220): nothing to update")
-                self.end_reason = "caller_gone"
-                then = "caller_gone"
-            else:
-                # defined outcome: the caller still gets the hand-on, by webhook
-                self.log.error(
-                    "could not update the call for the %s (%s): ending the stream; "
-                    "Twilio continues at /twilio/continue with it",
-                    kind, exc,
-                )
-                self.end_reason = "call_update_failed"
-                then = "continue_by_webhook"
-                await self._save_handoff(twiml)
-            self._publish(CallUpdateFailedEvent, action=kind, code=exc.code, message=str(exc), then=then)
-            await self._close_socket(1000, "call update failed")
-
-    async def _save_handoff(self, twiml: str | None) -> None:
-        document = twiml if twiml is not None else documents.hangup()
-        try:
-            await self._deps.store.save(handoff_key(self.call_sid), {"twiml": document}, HANDOFF_TTL_S)
-        except Exception:
-            self.log.exception("could not keep the hand-on for /twilio/continue")
+        self.end_reason = failed.end_reason
+        self._publish(CallUpdateFailedEvent, action=kind, code=error.code, message=str(error), then=failed.then)
+        await self._close_socket(1000, "call update failed")
 
     def _on_speech_update_failed(self, what: str, exc: CallControlError) -> None:
         """twiml mode: a prompt or hold did not reach Twilio. The document stays

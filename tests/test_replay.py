@@ -44,6 +44,35 @@ async def test_every_shipped_fixture_call_passes_in_lockstep(tmp_path):
     assert abs(gap).max() < 100  # silence after the clear, before the next prompt
 
 
+async def test_every_shipped_fixture_call_passes_with_twilio_rendered_speech():
+    """CALLSTREAM_SPEECH=twiml: a one-way stream, and the agent speaks by call
+    updates that the simulated Twilio renders (`<Say>`) and reports back."""
+    fixtures = find_fixtures([CALLS])
+    settings = load_settings({"CALLSTREAM_SPEECH": "twiml"}, env_file=None)
+    results = await replay(fixtures, settings)
+    for r in results:
+        assert r.passed, (r.fixture, r.failures, r.error)
+    by_name = {r.fixture: r for r in results}
+    barge = by_name["bargein_agent"]
+    assert barge.bargein_ms and max(barge.bargein_ms) <= 120
+    assert barge.agent_turns[0]["interrupted"]
+    assert by_name["transfer_no_answer"].agent_turns[-1]["text"] == "Please leave a message after the tone."
+
+
+async def test_a_voicemail_the_fixture_follows_resumes_the_agent(tmp_path):
+    """`follow_record`: after the caller's message, Twilio runs the <Record>
+    action (/twilio/voice?resume_state=goodbye): a third stream says goodbye."""
+    shutil.copy(CALLS / "transfer_no_answer.wav", tmp_path)
+    text = (CALLS / "transfer_no_answer.yaml").read_text()
+    text = text.replace('outcome: "voicemail"', 'outcome: "hangup"').replace(
+        "path: [menu, operator, voicemail]", "path: [menu, operator, voicemail, goodbye]"
+    )
+    (tmp_path / "followed.yaml").write_text(text + "follow_record: true\n")
+    [result] = await replay(find_fixtures([tmp_path / "followed.yaml"]), load_settings({}, env_file=None))
+    assert result.passed, (result.failures, result.error)
+    assert result.agent_turns[-1]["text"] == "Goodbye."
+
+
 async def test_replay_at_a_multiple_of_real_time_without_lockstep():
     fixtures = find_fixtures([CALLS / "bargein_agent.yaml", CALLS / "dtmf_support.yaml"])
     results = await replay(fixtures, load_settings({}, env_file=None), speed=4.0)

@@ -14,9 +14,13 @@ from twiml.documents import (
     connect_stream,
     dial,
     hangup,
+    hold,
     say_and_hangup,
     say_pause,
+    speak,
     start_stream,
+    start_stream_and_hold,
+    stream_stopped_first,
     voicemail,
 )
 from twiml.numbers import is_e164, is_sip_uri, mask_number
@@ -331,3 +335,77 @@ def test_masking_always_hides_at_least_three_digits(length: int) -> None:
     number = "+" + "".join(str(1 + n % 9) for n in range(length))
     shown = len(re.findall(r"[0-9]", mask_number(number)))
     assert shown <= max(0, length - 3)
+
+
+# --- Twilio-rendered speech and what follows a stream -------------------------------------
+
+BASE = "https://voice.example.com"
+
+
+def test_connect_stream_then_redirect() -> None:
+    root = parse(connect_stream(STREAM_URL, {"From": "+15551230000"}, then_redirect=f"{BASE}/twilio/continue"))
+    assert tags(root) == ["Connect", "Redirect"]
+    assert root[1].attrib == {"method": "POST"} and root[1].text == f"{BASE}/twilio/continue"
+
+
+def test_hold_listens_for_a_key_then_comes_back() -> None:
+    root = parse(hold(keys_url=f"{BASE}/twilio/keys", continue_url=f"{BASE}/twilio/continue", hold_s=10))
+    assert tags(root) == ["Gather", "Redirect"]
+    assert root[0].attrib == {
+        "action": f"{BASE}/twilio/keys", "input": "dtmf", "method": "POST", "numDigits": "1", "timeout": "10",
+    }  # fmt: skip
+    assert list(root[0]) == []
+    with pytest.raises(ValueError, match="hold_s"):
+        hold(keys_url="k", continue_url="c", hold_s=0)
+
+
+def test_start_stream_and_hold_forks_a_named_one_way_stream() -> None:
+    root = parse(
+        start_stream_and_hold(
+            STREAM_URL, {"From": "sip:alice@example.com", "Empty": ""},
+            keys_url=f"{BASE}/twilio/keys", continue_url=f"{BASE}/twilio/continue", hold_s=10,
+        )
+    )  # fmt: skip
+    assert tags(root) == ["Start", "Gather", "Redirect"]
+    stream = root.find("Start/Stream")
+    assert stream is not None and stream.attrib == {"name": "callstream", "url": STREAM_URL}
+    assert [p.attrib for p in stream] == [{"name": "From", "value": "sip:alice@example.com"}]
+    with pytest.raises(ValueError, match="31922"):
+        start_stream_and_hold(STREAM_URL + "?a=1", {}, keys_url="k", continue_url="c", hold_s=10)
+
+
+def test_speak_a_prompt_the_caller_may_answer_with_keys() -> None:
+    root = parse(
+        speak("Press 1 & <go>.", voice="Polly.Joanna", language="en-US",
+              said_url=f"{BASE}/twilio/said?say_id=3", keys=True)
+    )  # fmt: skip
+    assert tags(root) == ["Gather"]
+    gather = root[0]
+    assert gather.attrib == {
+        "action": f"{BASE}/twilio/said?say_id=3", "actionOnEmptyResult": "true", "input": "dtmf",
+        "method": "POST", "numDigits": "1", "timeout": "1",
+    }  # fmt: skip
+    [say] = list(gather)
+    assert say.tag == "Say" and say.text == "Press 1 & <go>."
+    assert say.attrib == {"voice": "Polly.Joanna", "language": "en-US"}
+
+
+def test_speak_a_prompt_without_keys_redirects_when_it_ends() -> None:
+    root = parse(speak("Goodbye.", voice="Polly.Matthew", language=None, said_url=f"{BASE}/s?say_id=1", keys=False))
+    assert tags(root) == ["Say", "Redirect"]
+    assert root[0].attrib == {"voice": "Polly.Matthew"} and root[1].text == f"{BASE}/s?say_id=1"
+    with pytest.raises(ValueError):
+        speak("  ", voice=None, language=None, said_url="s", keys=False)
+    with pytest.raises(ValueError, match="gather_timeout_s"):
+        speak("Hi", voice=None, language=None, said_url="s", keys=True, gather_timeout_s=0)
+
+
+def test_a_hand_on_stops_the_one_way_stream_first() -> None:
+    original = dial("+14155550100", timeout_s=20, record=False, action_url=f"{BASE}/twilio/dial-result")
+    root = parse(stream_stopped_first(original))
+    assert tags(root) == ["Stop", "Dial"]
+    assert root.find("Stop/Stream").attrib == {"name": "callstream"}  # type: ignore[union-attr]
+    assert ET.tostring(root[1]) == ET.tostring(ET.fromstring(original)[0])
+    assert tags(parse(stream_stopped_first(hangup()))) == ["Stop", "Hangup"]
+    with pytest.raises(ValueError):
+        stream_stopped_first("<Dial/>")
