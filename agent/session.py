@@ -91,6 +91,7 @@ from twiml.numbers import mask_number
 from twiml.stream import StreamConnection
 
 STATE_TTL_S = 6 * 3600
+TWILIO_END_GRACE_S = 1.0  # a stream Twilio says is over may still be delivering its `stop`
 
 log = logging.getLogger("callstream.session")
 
@@ -155,6 +156,7 @@ class CallSession:
         self._reader: asyncio.Task[None] | None = None
         self._reading = False
         self._ended_by_twilio = False
+        self._end_timer: asyncio.TimerHandle | None = None
         self._engine: DialogEngine | None = None
         self._stt: SttStream | None = None
         self._deadline: int | None = None
@@ -234,8 +236,14 @@ class CallSession:
 
     def end_from_twilio(self, status: str) -> None:
         """Twilio reported the call over (a status callback) while this stream
-        is still open: stop reading now rather than wait on a socket that
-        may never speak again."""
+        is still open. Its `stop` may be on the way: give it a moment, then
+        stop reading rather than wait on a socket that may never speak again."""
+        if self._reading and not self._closing and self._end_timer is None:
+            loop = asyncio.get_running_loop()
+            self._end_timer = loop.call_later(TWILIO_END_GRACE_S, self._cut_reader, status)
+
+    def _cut_reader(self, status: str) -> None:
+        self._end_timer = None
         if not self._reading or self._closing or self._reader is None:
             return
         self.log.warning("Twilio says the call is %s but its stream is still open: ending it", status)
@@ -645,6 +653,8 @@ class CallSession:
 
     async def _finish(self) -> None:
         self._closing = True
+        if self._end_timer is not None:
+            self._end_timer.cancel()
         if self._speaker is not None:
             self._speaker.close()
         if self._stt is not None:

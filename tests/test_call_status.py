@@ -88,6 +88,16 @@ async def test_a_final_status_ends_a_stream_whose_peer_went_quiet(caplog):
     assert "still open: ending it" in caplog.text
 
 
+async def test_a_stream_that_stops_right_after_the_final_status_keeps_its_own_end():
+    async with running_server() as server, server.call() as call:
+        await call.silence(100)
+        assert (await server.post("/twilio/status", status_form("completed", call_sid=call.call_sid)))[0] == 204
+        await call.stop()  # Twilio's stop, just after the callback
+        await until(lambda: not server.services.sessions)
+    [ended] = server.of_type(call.call_sid, CallEndedEvent)
+    assert ended.reason == "stop"
+
+
 async def test_a_progress_status_leaves_the_stream_alone():
     async with running_server() as server, server.call() as call:
         await call.silence(100)
