@@ -25,6 +25,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from agent.ports import CallControl, CallControlError
+from twiml.numbers import mask_numbers_in
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ class TwilioCallControl:
                 return await request()
             except TwilioRestException as exc:
                 error = CallControlError(
-                    f"Twilio refused the {what}: HTTP {exc.status}, code {exc.code}: {exc.msg}",
+                    f"Twilio refused the {what}: HTTP {exc.status}, code {exc.code}: "
+                    f"{mask_numbers_in(str(exc.msg))}",  # it may quote the number
                     code=exc.code,
                     retryable=exc.code in RETRYABLE_CODES or exc.status >= 500,
                 )

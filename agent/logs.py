@@ -50,6 +50,10 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if level.upper() != "DEBUG":
+        # twilio's HTTP clients log every request's headers at INFO (call updates
+        # are frequent with CALLSTREAM_SPEECH=twiml); our own lines say what matters
+        logging.getLogger("twilio").setLevel(logging.WARNING)
 
 
 def call_logger(call_sid: str, name: str = LOGGER_NAME) -> logging.LoggerAdapter[logging.Logger]:

@@ -47,7 +47,8 @@ async def test_a_failed_transfer_update_continues_by_webhook(status, code, times
     caplog.set_level(logging.INFO)
     async with running_server(twilio_auth_token=TOKEN) as server:
         async with server.call() as call:
-            server.rest.fail_next(status, code, "injected", times=times, call_sid=call.call_sid)
+            message = "The 'To' number +15005550001 is not valid"  # Twilio quotes numbers
+            server.rest.fail_next(status, code, message, times=times, call_sid=call.call_sid)
             await transfer_with(server, call)
         sid = call.call_sid
         assert server.rest.calls[sid].updates == []  # Twilio never took it
@@ -57,6 +58,7 @@ async def test_a_failed_transfer_update_continues_by_webhook(status, code, times
         assert ended.reason == "call_update_failed"
         logged = [r for r in caplog.records if "could not update the call" in r.getMessage()]
         assert logged and logged[0].call_sid == sid and str(code) in logged[0].getMessage()  # type: ignore[attr-defined]
+        assert "+1500***0001" in failed.message and "+15005550001" not in caplog.text
         # Twilio runs what follows <Connect>: the transfer still happens
         status_code, twiml = await server.post("/twilio/continue", form(sid))
         assert status_code == 200 and outcome_of({"Twiml": twiml}) == TRANSFER

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.settings import ConfigError, load_settings
+from agent.settings import ConfigError, check_serving, load_settings
 
 ACCOUNT = "AC" + "a" * 32
 
@@ -47,8 +47,19 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path):
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"CALLSTREAM_END_SILENCE_MS": "soon"}, "CALLSTREAM_END_SILENCE_MS"),
         ({"CALLSTREAM_VAD_AGGRESSIVENESS": "7"}, "CALLSTREAM_VAD_AGGRESSIVENESS"),
+        ({"CALLSTREAM_SPEECH": "ssml"}, "CALLSTREAM_SPEECH"),
+        ({"TWILIO_FROM_NUMBER": "555-1234"}, "TWILIO_FROM_NUMBER"),
     ],
 )
 def test_config_errors_name_the_key(env, names):
     with pytest.raises(ConfigError, match=names):
         load_settings(env, env_file=None)
+
+
+def test_twilio_rendered_speech_needs_call_control_to_serve():
+    s = load_settings({"CALLSTREAM_SPEECH": "TwiML", "TWILIO_FROM_NUMBER": "sip:ivr@acme.example.com"}, env_file=None)
+    assert s.speech == "twiml" and s.twilio_from_number == "sip:ivr@acme.example.com"
+    with pytest.raises(ConfigError, match="CALLSTREAM_SPEECH=twiml needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"):
+        check_serving(s)
+    check_serving(s.with_overrides(twilio_account_sid=ACCOUNT, twilio_auth_token="t"))
+    check_serving(load_settings({}, env_file=None))  # stream mode: embedded defaults serve as before

@@ -23,7 +23,7 @@ from twiml.documents import (
     stream_stopped_first,
     voicemail,
 )
-from twiml.numbers import is_e164, is_sip_uri, mask_number
+from twiml.numbers import is_e164, is_sip_uri, mask_number, mask_numbers_in
 
 STREAM_URL = "wss://voice.example.com/twilio/media"
 
@@ -409,3 +409,10 @@ def test_a_hand_on_stops_the_one_way_stream_first() -> None:
     assert tags(parse(stream_stopped_first(hangup()))) == ["Stop", "Hangup"]
     with pytest.raises(ValueError):
         stream_stopped_first("<Dial/>")
+
+
+def test_numbers_in_a_message_are_masked() -> None:
+    text = "The 'To' number +15005550001 is not valid; sip:alice@example.com;transport=tls refused. Code 21211."
+    assert mask_numbers_in(text) == (
+        "The 'To' number +1500***0001 is not valid; sip:al***@example.com refused. Code 21211."
+    )

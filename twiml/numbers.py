@@ -59,3 +59,12 @@ def mask_number(s: str) -> str:
         kept = user[:2] if len(user) > 3 else ""
         return f"sip:{kept}***@{match['host']}"
     return "***"
+
+
+_IN_TEXT: Final = re.compile(r"\+[0-9]{2,15}|(?i:sip):[^\s'\"<>,]+")
+
+
+def mask_numbers_in(text: str) -> str:
+    """`text` (say, an error message from Twilio) with every E.164 number and
+    SIP URI in it masked by `mask_number`."""
+    return _IN_TEXT.sub(lambda m: mask_number(m.group(0)), text)
