@@ -116,6 +116,7 @@ async def replay(
         http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)))
         gate = asyncio.Semaphore(max(1, parallel))
         tts = CachedTextToSpeech(EspeakTextToSpeech())  # Twilio's <Say>, when the agent uses it
+        stack.push_async_callback(tts.aclose)
 
         async def one(fixture: Fixture) -> CallResult:
             async with gate:
