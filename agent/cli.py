@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from agent.archive_cli import add_archive_commands
 from agent.settings import ConfigError, Settings, load_settings
 
 
@@ -85,6 +86,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except FixtureError as exc:
         print(exc, file=sys.stderr)
         return 2
+    archive = args.archive or (str(Path(args.out) / "archive") if args.out else None)
     speed = None if args.speed == "max" else float(args.speed)
     if speed is not None and speed <= 0:
         print("--speed must be positive or 'max'", file=sys.stderr)
@@ -98,11 +100,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out_dir=Path(args.out) if args.out else None,
             parallel=args.parallel,
             rest_port=args.rest_port,
+            archive=archive if args.url is None else None,
         )
     )
     print(report_json(results) if args.json else report_text(results, speed))
     if args.out:
         print(f"stereo recordings (caller left, agent right) in {args.out}", file=sys.stderr)
+    if archive and args.url is None:
+        from agent.archive_cli import archived_calls
+
+        stored = archived_calls(Path(archive), [r.call_sid for r in results])
+        print(f"archive: {len(stored)}/{len(results)} calls stored in {archive}", file=sys.stderr)
     return 0 if all(r.passed for r in results) else 1
 
 
@@ -132,9 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="machine-readable report")
     rep.add_argument("--out", help="write a stereo WAV per call here (caller left, agent right)")
     rep.add_argument("--parallel", type=int, default=2, help="calls replayed at once (default 2)")
+    rep.add_argument("--archive", help="archive folder for the in-process server (default: OUT/archive with --out)")
     rep.add_argument("--rest-port", type=int, default=0, help="port for the fake Twilio REST API (with --url)")
     rep.add_argument("-v", "--verbose", action="store_true", help="show the server's log")
     rep.set_defaults(func=cmd_replay)
+
+    add_archive_commands(sub)
 
     flow = sub.add_parser("flow", help="dialog flow tools")
     flow_sub = flow.add_subparsers(dest="flow_command", required=True)

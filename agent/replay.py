@@ -35,7 +35,7 @@ def fake_account_sid() -> str:
 
 @contextlib.asynccontextmanager
 async def local_server(
-    settings: Settings, rest_base: str, account_sid: str, auth_token: str
+    settings: Settings, rest_base: str, account_sid: str, auth_token: str, archive: str | None = None
 ) -> AsyncIterator[tuple[ReplayTarget, Settings]]:
     sock = bound_socket()
     base = base_url_of(sock)
@@ -45,6 +45,9 @@ async def local_server(
         twilio_auth_token=auth_token,
         twilio_api_base=rest_base,
         ops_token=secrets.token_hex(16),
+        archive=archive or "off",  # archive only when asked (`--archive`, or `--out`)
+        archive_spool=None,
+        redis_url=None,
     )
     app = create_app(server_settings, base)
     async with serve_in_background(app, sock):
@@ -86,6 +89,7 @@ async def replay(
     parallel: int = 2,
     rest_port: int = 0,
     log: IO[str] = sys.stderr,
+    archive: str | None = None,
 ) -> list[CallResult]:
     account_sid = settings.twilio_account_sid or fake_account_sid()
     # one throwaway token: the in-process server signs and checks with it, and
@@ -105,7 +109,9 @@ async def replay(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(serve_in_background(rest.app, rest_sock))
         if url is None:
-            target, _ = await stack.enter_async_context(local_server(settings, rest_base, account_sid, rest_token))
+            target, _ = await stack.enter_async_context(
+                local_server(settings, rest_base, account_sid, rest_token, archive)
+            )
         else:
             target = target_for_url(url, settings, account_sid)
             rest.account_sid = target.account_sid

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from agent.archive import build_archive
 from agent.call_control import TwilioCallControl
 from agent.feed import Feed, MemoryFeed
 from agent.flow import Flow
@@ -52,7 +53,7 @@ class Services:
         )
 
     async def aclose(self) -> None:
-        for part in (self.call_control, self.stt, self.tts):
+        for part in (self.call_control, self.stt, self.tts, self.archive):
             close = getattr(part, "aclose", None)
             if close is not None:
                 try:
@@ -95,7 +96,9 @@ async def build_services(settings: Settings, base_url: str) -> Services:
             "TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset: transfers, conferences, voicemail "
             "and hang-ups end the stream instead of updating the call"
         )
-    return Services(
+    feed = MemoryFeed()
+    archive = build_archive(settings, feed.publish)
+    services = Services(
         settings=settings,
         base_url=base_url,
         flow=flow,
@@ -103,5 +106,9 @@ async def build_services(settings: Settings, base_url: str) -> Services:
         stt=build_speech_to_text(settings),
         call_control=call_control,
         store=MemoryStore(),
-        feed=MemoryFeed(),
+        feed=feed,
+        archive=archive,
     )
+    if archive is not None:
+        await archive.start()
+    return services
