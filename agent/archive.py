@@ -101,6 +101,7 @@ class Archive:
         self._in_flight: set[asyncio.Future[None]] = set()
         self._unspooled: deque[tuple[bytes, str, str]] = deque()  # (job, job id, call sid)
         self._tasks: list[asyncio.Task[None]] = []
+        self._respool_wake = asyncio.Event()
 
     # --- ArchiveQueue --------------------------------------------------------------
     async def enqueue(self, record: CallRecord) -> None:
@@ -117,6 +118,8 @@ class Archive:
         future.add_done_callback(self._in_flight.discard)
         await asyncio.shield(future)
         self.drainer.wake()
+        if self._unspooled:
+            self._respool_wake.set()
 
     def _spool_job(self, job: Job, job_id: str) -> None:
         data = encode_job(job)
@@ -163,7 +166,8 @@ class Archive:
         while True:
             if not self._unspooled:
                 failures = 0
-                await asyncio.sleep(1.0)
+                self._respool_wake.clear()
+                await self._respool_wake.wait()
                 continue
             data, job_id, call_sid = self._unspooled[0]
             try:

@@ -31,11 +31,13 @@ import fcntl
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.archive_render import safe_part
 
+STALE_TMP_S = 3600  # a put takes milliseconds: older tmp files are from a crashed writer
 _NAME = re.compile(r"^(\d{13})\.(\d+)\.([A-Za-z0-9_-]+)\.job$")
 
 
@@ -127,9 +129,11 @@ class Spool:
                 continue
             os.replace(path, self.pending / path.name)
             back.append(SpoolEntry(self.pending / path.name, entry.due_ms, entry.attempts, entry.job_id))
+        stale = time.time() - STALE_TMP_S
         for path in self.tmp.iterdir():  # half-written by a crashed writer: never acknowledged
             with contextlib.suppress(OSError):
-                path.unlink()
+                if path.stat().st_mtime < stale:  # a live writer may be mid-put
+                    path.unlink()
         if back:
             _fsync_dir(self.pending)
         return back

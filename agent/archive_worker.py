@@ -202,6 +202,7 @@ class SpoolDrainer:
                     "archive job %s was interrupted by a crash: queued again", crashed.job_id
                 )
             while not self._stopping:
+                self._wake.clear()  # before looking: a job spooled from now on wakes the wait below
                 entry: SpoolEntry | None = await asyncio.to_thread(self.spool.take, self._now_ms())
                 if entry is None:
                     await self._wait_for_work()
@@ -212,16 +213,19 @@ class SpoolDrainer:
             self.spool.unlock()
 
     async def _acquire(self) -> None:
-        warned = False
+        tries = 0
         while True:
             try:
                 await asyncio.to_thread(self.spool.lock)
                 return
             except SpoolLocked:
-                if not warned:
+                if tries == 0:
                     log.warning("archive spool %s is drained by another process: waiting for it", self.spool.root)
-                    warned = True
-                await asyncio.sleep(2.0)
+            except OSError as exc:
+                if tries == 0:
+                    log.error("archive spool %s unusable (%s): retrying", self.spool.root, exc)
+            tries += 1
+            await asyncio.sleep(backoff_s(tries, 0.05, 2.0))
 
     async def _wait_for_work(self) -> None:
         depth = await asyncio.to_thread(self.spool.depth)
@@ -230,7 +234,6 @@ class SpoolDrainer:
         if due is None:
             self._idle.set()
         timeout = self.idle_poll_s if due is None else max(0.0, min(self.idle_poll_s, (due - self._now_ms()) / 1000))
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
