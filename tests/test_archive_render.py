@@ -11,7 +11,13 @@ import orjson
 import pytest
 from archive_helpers import CALL_SID, sample_record
 
-from agent.archive_jobs import JobDecodeError, decode_job, encode_job, event_from_dict, peek_call_sid
+from agent.archive_jobs import (
+    JobDecodeError,
+    decode_job,
+    encode_job,
+    event_from_dict,
+    peek_call_sid,
+)
 from agent.archive_render import (
     CALL_FILES,
     call_folder,
@@ -102,7 +108,7 @@ def test_call_json_has_metadata_path_slots_latencies_and_every_event():
     assert meta["turns"] == {"caller": 1, "agent": 2, "interrupted": 1}
     assert meta["recording"]["channels"] == {"left": "caller", "right": "agent"}
     assert meta["recording"]["duration_ms"] == 4000
-    assert [e["type"] for e in meta["events"]][0] == "call.started"
+    assert meta["events"][0]["type"] == "call.started"
     assert meta["events"][0]["from"] == "+1555***0000"
     assert meta["files"] == list(CALL_FILES)
 
