@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +162,55 @@ def redis_server(folder: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# --- `callstream worker` subprocesses ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_env(extra: dict[str, str], hook: bool = False) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLSTREAM_", "REDIS_", "TWILIO_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    if hook:
+        env["CALLSTREAM_ARCHIVE_TEST_HOOK"] = "block-before-store"
+    return env
+
+
+def start_worker(cwd: Path, extra: dict[str, str], *args: str, hook: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "worker", *args],
+        cwd=cwd, env=worker_env(extra, hook), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def run_worker(cwd: Path, extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "worker", *args],
+        cwd=cwd, env=worker_env(extra), capture_output=True, text=True, timeout=60,
+    )
+
+
+def wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 30.0) -> None:
+    """Read the process's stderr until a line holds `text` (fails on exit or timeout)."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"worker never said {text!r}; it said:\n{''.join(seen)}")
+
+
+def call_folder_of(archive: Path) -> Path:
+    """The one call folder in a folder archive."""
+    [call_json] = list(archive.rglob("call.json"))
+    return call_json.parent

@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from archive_helpers import CALL_SID, QuotaFolderStore, sample_record
+from archive_helpers import (
+    CALL_SID,
+    QuotaFolderStore,
+    call_folder_of,
+    run_worker,
+    sample_record,
+    start_worker,
+    wait_for_line,
+)
 
 from agent.archive import Archive, build_archive
 from agent.archive_jobs import encode_job
@@ -247,3 +255,28 @@ async def test_jobs_spooled_while_no_server_ran_are_stored_at_the_next_start(tmp
         await archive.aclose()
     meta = orjson.loads((tmp_path / "archive" / "2024" / "05" / "01" / CALL_SID / "call.json").read_bytes())
     assert meta["call_sid"] == CALL_SID
+
+
+def test_a_spool_worker_killed_between_dequeue_and_store_archives_the_call_exactly_once(tmp_path):
+    spool = Spool(tmp_path / "archive" / ".spool")  # the default spool of a folder archive
+    spool.put(encode_job(sample_record()), Spool.new_job_id(CALL_SID, "call"), now_ms=0)
+    env = {"CALLSTREAM_ARCHIVE": str(tmp_path / "archive")}
+    blocked = start_worker(tmp_path, env, hook=True)
+    try:
+        wait_for_line(blocked, f"blocking before storing {CALL_SID}")
+        assert len(list(spool.processing.iterdir())) == 1  # taken, not stored
+        blocked.kill()
+        blocked.wait(10)
+    finally:
+        if blocked.poll() is None:
+            blocked.kill()
+            blocked.wait(10)
+        assert blocked.stderr is not None
+        blocked.stderr.close()
+    assert not list((tmp_path / "archive").rglob("call.json"))
+    done = run_worker(tmp_path, env, "--drain")
+    assert done.returncode == 0, done.stderr
+    assert "interrupted by a crash: queued again" in done.stderr and "1 job(s) stored" in done.stderr
+    assert call_folder_of(tmp_path / "archive").name == CALL_SID
+    assert len(list((tmp_path / "archive").rglob("call.json"))) == 1
+    assert spool.depth() == 0 and spool.dead_count() == 0
