@@ -188,3 +188,15 @@ async def test_without_an_archive_the_twiml_carries_no_recording_callback():
         await call.silence(3000)
         [update] = server.rest.calls[call.call_sid].updates
         assert "recordingStatusCallback" not in update["Twiml"]
+
+
+async def test_a_recorded_conference_reports_its_recording_to_the_archive(tmp_path):
+    async with archived_server(tmp_path) as (server, _archive), server.call() as call:
+        await call.silence(200)
+        await call.dtmf("2")
+        await call.silence(3000)
+        [update] = server.rest.calls[call.call_sid].updates
+    conference = ElementTree.fromstring(update["Twiml"]).find("Dial/Conference")
+    assert conference is not None and conference.get("record") == "record-from-start"
+    callback = conference.get("recordingStatusCallback", "")
+    assert callback.startswith(f"{server.base}/twilio/recording?kind=conference&call_sid={call.call_sid}&day=")

@@ -280,3 +280,24 @@ def test_a_spool_worker_killed_between_dequeue_and_store_archives_the_call_exact
     assert call_folder_of(tmp_path / "archive").name == CALL_SID
     assert len(list((tmp_path / "archive").rglob("call.json"))) == 1
     assert spool.depth() == 0 and spool.dead_count() == 0
+
+
+def test_status_and_requeue_commands(tmp_path, monkeypatch, capsys):
+    from agent.cli import main
+
+    spool = Spool(tmp_path / "archive" / ".spool")
+    spool.put(b"job", "CAx-call-1", now_ms=0)
+    spool.lock()
+    taken = spool.take(now_ms=0)
+    assert taken is not None
+    spool.bury(taken, "gave up")
+    spool.unlock()
+    monkeypatch.setenv("CALLSTREAM_ARCHIVE", str(tmp_path / "archive"))
+    assert main(["archive", "status"]) == 0
+    assert "0 queued, 1 dead" in capsys.readouterr().out
+    assert main(["archive", "requeue"]) == 0
+    assert "1 dead-lettered job(s) queued again" in capsys.readouterr().out
+    assert main(["archive", "status"]) == 0
+    assert "1 queued, 0 dead" in capsys.readouterr().out
+    monkeypatch.setenv("CALLSTREAM_ARCHIVE", "off")
+    assert main(["archive", "status"]) == 2

@@ -86,6 +86,10 @@ def test_archive_settings_are_checked_at_start_up():
         load_settings({"CALLSTREAM_DELETE_TWILIO_RECORDINGS": "1"}, env_file=None)
     with pytest.raises(ConfigError, match="s3://bucket/prefix"):
         load_settings({"CALLSTREAM_ARCHIVE": "s3://"}, env_file=None)
+    with pytest.raises(ConfigError, match="CALLSTREAM_DELETE_TWILIO_RECORDINGS='maybe'"):
+        load_settings({"CALLSTREAM_DELETE_TWILIO_RECORDINGS": "maybe"}, env_file=None)
+    with pytest.raises(ConfigError, match="CALLSTREAM_ARCHIVE_MAX_ATTEMPTS"):
+        load_settings({"CALLSTREAM_ARCHIVE_MAX_ATTEMPTS": "0"}, env_file=None)
     settings = load_settings({"CALLSTREAM_ARCHIVE_RETENTION": "4w", "CALLSTREAM_ARCHIVE": "off"}, env_file=None)
     assert settings.archive_retention_days == 28
     assert build_archive(settings) is None
