@@ -10,6 +10,9 @@ forwarded when Redis is back. The job carries its bytes (the redacted record
 and the two mu-law tracks, ~16 KB per second of call): instances need not
 share a disk, and the worker can always reach what Redis holds.
 
+`callstream_archive_queue_depth` is each process's own view: the local
+spool's backlog in a server, the stream's length in a worker.
+
 Workers form one consumer group. Per Redis "Streams" docs: XREADGROUP `>`
 delivers each new entry to one consumer and records it in the group's
 pending entries list (PEL) until XACK. A worker acks (and XDELs) only after
@@ -64,8 +67,6 @@ class RedisForwarder:
 
     def __call__(self, data: bytes) -> Stored | None:
         self._redis.xadd(self.stream, {"job": data, "call_sid": peek_call_sid(data)})
-        with contextlib.suppress(redis.RedisError):
-            ARCHIVE_QUEUE_DEPTH.set(self._redis.xlen(self.stream))
         return None
 
     def close(self) -> None:

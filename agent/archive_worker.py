@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 
 import orjson
 
@@ -101,8 +102,6 @@ class ArchiveProcessor:
         return Stored(record.call_sid, self.store.location(folder), tuple(keys))
 
     def _store_recording(self, job: RecordingJob) -> Stored:
-        from datetime import date
-
         try:
             day = date.fromisoformat(job.day)
         except ValueError:
