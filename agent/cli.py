@@ -59,6 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    from agent.wiring import check_credentials
+
+    asyncio.run(check_credentials(settings))  # a refused key stops us here, naming it
     base_url = settings.base_url_for(args.host, args.port)
     app = create_app(settings, base_url)
     uvicorn.run(
