@@ -141,7 +141,7 @@ class _Listener:
         self._carry = b""
         self.t_ms = 0  # audio received on this socket
         self._preroll: deque[bytes] = deque(maxlen=10)
-        self._recent: deque[bool] = deque(maxlen=4)
+        self._recent: deque[tuple[bool, int]] = deque(maxlen=4)  # (voiced, frame start ms)
         self._utt: list[bytes] | None = None  # pcm frames of the utterance being heard
         self._utt_start_ms = 0
         self._last_voice_ms = 0
@@ -166,15 +166,15 @@ class _Listener:
         self.t_ms += FRAME_MS
         if self._utt is None:
             self._preroll.append(raw)
-            self._recent.append(voiced)
-            if sum(self._recent) >= 3:
+            self._recent.append((voiced, start))
+            if sum(v for v, _ in self._recent) >= 3:
+                onset = min(t for v, t in self._recent if v)
                 self._utt = list(self._preroll)
-                self._utt_start_ms = max(self._final_from_ms, self.t_ms - FRAME_MS * len(self._utt))
+                self._utt_start_ms = max(self._final_from_ms, onset)
                 self._last_voice_ms = self.t_ms
                 self._since_partial_ms = 0
                 self._last_word_end_ms = None
                 if self.o.vad_events:
-                    onset = start - FRAME_MS * (len(self._recent) - 1)
                     await self._send({"type": "SpeechStarted", "channel": [0, 1], "timestamp": round(onset / 1000, 3)})
             elif (
                 self._last_word_end_ms is not None
