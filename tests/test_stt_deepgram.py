@@ -19,7 +19,12 @@ from synth import caller_audio
 
 from agent.fake_deepgram import FakeDeepgram, scripted
 from agent.ports import SpeechStartedHint, SttEvent, SttFailure, Transcript
-from agent.stt_deepgram import DeepgramAuthError, DeepgramOptions, DeepgramSpeechToText, DeepgramStream
+from agent.stt_deepgram import (
+    DeepgramAuthError,
+    DeepgramOptions,
+    DeepgramSpeechToText,
+    DeepgramStream,
+)
 
 KEY = "dg-test-key"
 FAST = DeepgramOptions(backoff_s=0.01, max_backoff_s=0.05, finalize_timeout_s=0.2, give_up_after_s=0.5)
@@ -116,7 +121,7 @@ async def test_end_turn_before_deepgram_endpoints_sends_finalize_and_answers_fro
 
 
 async def test_an_unanswered_finalize_ends_the_turn_empty_after_the_timeout():
-    async with deepgram([], answer_empty_finalize=False) as (fake, stt):
+    async with deepgram([], answer_empty_finalize=False) as (_fake, stt):
         call = await open_call(stt)
         await call.play(caller_audio(600, []))
         call.stream.end_turn(call.now_ms)
@@ -166,7 +171,7 @@ async def test_a_refused_key_on_reconnect_fails_for_good_and_answers_waiting_tur
 
 
 async def test_an_unreachable_server_fails_after_the_reconnect_window():
-    async with deepgram([]) as (fake, stt):
+    async with deepgram([]) as (_fake, stt):
         call = await open_call(stt)
         await call.play(caller_audio(200, []))
     # the server is gone: connects fail until give_up_after_s
