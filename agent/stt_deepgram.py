@@ -202,7 +202,6 @@ class DeepgramStream:
         self._closed = False
         self._failed = False
         self._last_send = time.monotonic()
-        self.connects = 0
         self._task = asyncio.create_task(self._run(), name=f"deepgram-stt {call_sid}")
 
     # --- the session's side: cheap, synchronous --------------------------------------
@@ -424,7 +423,6 @@ class DeepgramStream:
         self._trim()
 
     async def _serve(self, socket: Any) -> None:
-        self.connects += 1
         self._origin = self._sent
         receiver = asyncio.create_task(self._receive(socket), name=f"deepgram-recv {self.call_sid}")
         receiver.add_done_callback(lambda _t: self._wake.set())
