@@ -15,7 +15,7 @@ what Deepgram says into the port's events:
                                 endpointing closed the turn before our turn detector did
     UtteranceEnd              → an empty end_of_turn final when finals are still unclosed
     SpeechStarted             → SpeechStartedHint(barge_in=True)
-    401/403, or unreachable   → SttFailure(retryable=False)  (the session falls back to sphinx)
+    401/403/400, unreachable  → SttFailure(retryable=False)  (the session falls back to sphinx)
 
 Turns. The session's turn detector calls `end_turn` when the caller stops; we
 send `Finalize` ("forces the server to immediately process any unprocessed
@@ -73,6 +73,10 @@ class DeepgramAuthError(Exception):
     """Deepgram refused the API key (HTTP 401/403 on the upgrade)."""
 
 
+class DeepgramRequestError(Exception):
+    """Deepgram refused the stream's parameters (HTTP 400: the model, say)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeepgramOptions:
     model: str = DEFAULT_MODEL
@@ -104,6 +108,12 @@ def environment_for(url: str | None) -> Any:
     http = ("https://" if secure else "http://") + rest
     ws = ("wss://" if secure else "ws://") + rest
     return DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
+
+
+def _describe(exc: BaseException) -> str:
+    """For logs: the SDK's ApiError says only its status (its headers hold the key)."""
+    status = _status_of(exc)
+    return f"HTTP {status} on the upgrade" if status is not None else repr(exc)
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -154,6 +164,8 @@ class DeepgramSpeechToText:
         except Exception as exc:
             if _status_of(exc) in (401, 403):
                 raise DeepgramAuthError(f"Deepgram refused the API key ({_status_of(exc)})") from exc
+            if _status_of(exc) == 400:
+                raise DeepgramRequestError(f"Deepgram refused model {self.options.model!r} or the stream's options (400)") from exc
             raise
 
     async def open_stream(self, call_sid: str, on_event: Callable[[SttEvent], None]) -> DeepgramStream:
@@ -393,17 +405,20 @@ class DeepgramStream:
             except Exception as exc:
                 status = _status_of(exc)
                 if status in (401, 403):
-                    self._fail(f"Deepgram refused DEEPGRAM_API_KEY ({status}): falling back")
+                    self._fail(f"Deepgram refused DEEPGRAM_API_KEY ({status})")
+                    return
+                if status == 400:  # our parameters: trying again will not help
+                    self._fail(f"Deepgram refused the stream's parameters (400; DEEPGRAM_MODEL={self._o.model})")
                     return
                 if self._closing:
                     return
                 now = time.monotonic()
                 if down_since is None:
                     down_since = now
-                    log.warning("deepgram: socket lost (%r): reconnecting (call %s)", exc, self.call_sid)
-                    self._emit(SttFailure(reason=f"deepgram: {exc!r}", retryable=True))
+                    log.warning("deepgram: socket lost (%s): reconnecting (call %s)", _describe(exc), self.call_sid)
+                    self._emit(SttFailure(reason=f"deepgram: {_describe(exc)}", retryable=True))
                 if now - down_since >= self._o.give_up_after_s:
-                    self._fail(f"no socket for {self._o.give_up_after_s:.0f} s ({exc!r})")
+                    self._fail(f"no socket for {self._o.give_up_after_s:.0f} s ({_describe(exc)})")
                     return
             self._on_disconnect()
             await asyncio.sleep(delay)

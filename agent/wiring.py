@@ -133,7 +133,7 @@ async def check_credentials(settings: Settings) -> None:
     credentials: a refusal is a ConfigError naming the setting. A provider that
     cannot be reached is only a warning (calls retry, then fall back)."""
     if settings.stt == "deepgram":
-        from agent.stt_deepgram import DeepgramAuthError, DeepgramSpeechToText
+        from agent.stt_deepgram import DeepgramAuthError, DeepgramRequestError, DeepgramSpeechToText
 
         stt = build_speech_to_text(settings)
         assert isinstance(stt, DeepgramSpeechToText)
@@ -141,9 +141,11 @@ async def check_credentials(settings: Settings) -> None:
             await stt.check()
         except DeepgramAuthError as exc:
             raise ConfigError(f"DEEPGRAM_API_KEY: {exc}; set a valid key (console.deepgram.com)") from None
+        except DeepgramRequestError as exc:
+            raise ConfigError(f"DEEPGRAM_MODEL={settings.deepgram_model!r}: {exc}") from None
         except Exception as exc:
-            log.warning("Deepgram at %s is unreachable at start-up (%r): calls will retry, then use sphinx",
-                        settings.deepgram_url or "api.deepgram.com", exc)
+            log.warning("Deepgram at %s did not answer at start-up (%s): calls will retry, then use sphinx",
+                        settings.deepgram_url or "api.deepgram.com", type(exc).__name__)
     if settings.tts == "polly" and not _polly(settings).has_credentials:
         raise ConfigError(
             "CALLSTREAM_TTS=polly found no AWS credentials: set AWS_ACCESS_KEY_ID and "

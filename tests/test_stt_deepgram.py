@@ -170,6 +170,19 @@ async def test_a_refused_key_on_reconnect_fails_for_good_and_answers_waiting_tur
         await call.stream.aclose()
 
 
+async def test_refused_parameters_fail_at_once_without_retrying():
+    async with deepgram([]) as (fake, stt):
+        fake.reject_next = [400]
+        call = await open_call(stt)
+        async with asyncio.timeout(5):
+            while not call.events:
+                await asyncio.sleep(0.01)
+        failure = call.events[0]
+        assert isinstance(failure, SttFailure) and not failure.retryable and "400" in failure.reason
+        assert not fake.connections
+        await call.stream.aclose()
+
+
 async def test_an_unreachable_server_fails_after_the_reconnect_window():
     async with deepgram([]) as (_fake, stt):
         call = await open_call(stt)
