@@ -59,7 +59,12 @@ def spool_path(settings: Settings) -> Path:
 
 
 def build_store(settings: Settings) -> ArchiveStore:
-    return build_archive_store(settings.archive, s3_endpoint_url=settings.s3_endpoint_url, region=settings.aws_region)
+    credentials = None
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        credentials = (settings.aws_access_key_id, settings.aws_secret_access_key, settings.aws_session_token)
+    return build_archive_store(
+        settings.archive, s3_endpoint_url=settings.s3_endpoint_url, region=settings.aws_region, credentials=credentials
+    )
 
 
 def build_processor(settings: Settings, store: ArchiveStore | None = None, *, test_hook: str | None = None) -> ArchiveProcessor:

@@ -2,7 +2,8 @@
 
 `CALLSTREAM_ARCHIVE=s3://bucket/prefix`; `CALLSTREAM_S3_ENDPOINT_URL` points
 boto3 at another server (MinIO, a local moto server in tests); credentials
-come from boto3's standard chain (environment, profile, instance role).
+are AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the settings (so a `.env`
+works) or else boto3's standard chain (environment, profile, instance role).
 
 A single PutObject is atomic: S3 never shows part of an object ("Amazon S3
 never adds partial objects"), so the archive's readers see whole files.
@@ -32,12 +33,22 @@ class S3Store:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
 
     @classmethod
-    def from_url(cls, url: str, *, endpoint_url: str | None = None, region: str | None = None) -> S3Store:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        credentials: tuple[str, str, str | None] | None = None,
+    ) -> S3Store:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise ValueError(f"CALLSTREAM_ARCHIVE={url!r}: an S3 archive is s3://bucket/prefix")
         config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30)
-        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        keys: dict[str, Any] = {}
+        if credentials is not None:  # from settings (.env); else boto3's own chain
+            keys = {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1], "aws_session_token": credentials[2]}
+        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config, **keys)
         return cls(client, parts.netloc, parts.path)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:

@@ -93,10 +93,16 @@ def is_s3(target: str) -> bool:
     return target.startswith("s3://")
 
 
-def build_archive_store(target: str, *, s3_endpoint_url: str | None = None, region: str | None = None) -> ArchiveStore:
+def build_archive_store(
+    target: str,
+    *,
+    s3_endpoint_url: str | None = None,
+    region: str | None = None,
+    credentials: tuple[str, str, str | None] | None = None,
+) -> ArchiveStore:
     """`CALLSTREAM_ARCHIVE`: a folder path, or `s3://bucket/prefix`."""
     if is_s3(target):
         from agent.archive_s3 import S3Store
 
-        return S3Store.from_url(target, endpoint_url=s3_endpoint_url, region=region)
+        return S3Store.from_url(target, endpoint_url=s3_endpoint_url, region=region, credentials=credentials)
     return FolderStore(target)

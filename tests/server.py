@@ -83,6 +83,8 @@ async def running_server(
     stt: SpeechToText | None = None,
     call_control: bool = True,
     archive: Any = None,
+    stt_fallback: SpeechToText | None = None,
+    tts_fallback: TextToSpeech | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     rest_token = secrets.token_hex(8)
@@ -105,6 +107,8 @@ async def running_server(
             call_control=control,
             store=MemoryStore(),
             feed=RecordingFeed(events),
+            stt_fallback=stt_fallback,
+            tts_fallback=tts_fallback,
         )
         if archive is not None:
             services.archive = archive

@@ -151,7 +151,7 @@ def test_s3_store_puts_lists_days_and_deletes_them(s3):
 async def test_s3_down_then_back_loses_nothing(s3, tmp_path):
     settings = load_settings({}, env_file=None).with_overrides(
         archive=f"s3://{BUCKET}/archive", s3_endpoint_url=s3.endpoint, aws_region="us-east-1",
-        archive_spool=str(tmp_path / "spool"),
+        archive_spool=str(tmp_path / "spool"), aws_access_key_id="archive-key", aws_secret_access_key="archive-secret",
     )
     events: list[FeedEvent] = []
     archive = build_archive(settings, events.append, backoff_base_s=0.01)
