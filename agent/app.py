@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from agent.archive_callbacks import handle_recording_callback
 from agent.call_routes import call_routes, stream_document, stream_parameters
 from agent.logs import call_logger
 from agent.metrics import REGISTRY, WEBHOOK_MS
@@ -151,6 +152,13 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
             return forbidden()
         return Response(documents.hangup(), media_type=TWIML)
 
+    async def recording(request: Request) -> Response:
+        """Recording status callback → an archive job (agent/archive_callbacks.py)."""
+        params = await signed_form(request)
+        if params is None:
+            return forbidden()
+        return await handle_recording_callback(params, request.query_params, svc().store, svc().archive)
+
     async def media(websocket: WebSocket) -> None:
         if settings.validate_signatures:
             assert settings.twilio_auth_token
@@ -232,6 +240,7 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
             Route("/twilio/voice", timed("voice", voice), methods=["POST"]),
             *call_routes(settings, base_url, stream_url(base_url), svc, signed_form, timed),
             Route("/twilio/hangup", timed("hangup", hangup), methods=["POST"]),
+            Route("/twilio/recording", timed("recording", recording), methods=["POST"]),
             WebSocketRoute("/twilio/media", media),
             Route("/ops/events", ops_events),
             Route("/healthz", healthz),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import socket
 import sys
 from pathlib import Path
 
+from agent.archive_cli import add_archive_commands
 from agent.settings import ConfigError, Settings, check_serving, load_settings
 
 
@@ -28,7 +30,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings()
+    environ = None
+    if getattr(args, "fakes", False):
+        # the local fakes take throwaway credentials: none need be set
+        environ = {"DEEPGRAM_API_KEY": "replay-fake", "AWS_REGION": "us-east-1", **os.environ}
+    settings = load_settings(environ)
     if getattr(args, "flow", None):
         if not Path(args.flow).is_file():
             raise ConfigError(f"--flow {args.flow!r}: no such file")
@@ -60,6 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    from agent.wiring import check_credentials
+
+    asyncio.run(check_credentials(settings))  # a refused key stops us here, naming it
     base_url = settings.base_url_for(args.host, args.port)
     app = create_app(settings, base_url)
     uvicorn.run(
@@ -86,6 +95,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except FixtureError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.fakes and args.url:
+        print("--fakes serves the speech providers of the in-process server: not with --url", file=sys.stderr)
+        return 2
+    archive = args.archive or (str(Path(args.out) / "archive") if args.out else None)
     speed = None if args.speed == "max" else float(args.speed)
     if speed is not None and speed <= 0:
         print("--speed must be positive or 'max'", file=sys.stderr)
@@ -99,11 +112,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out_dir=Path(args.out) if args.out else None,
             parallel=args.parallel,
             rest_port=args.rest_port,
+            fakes=args.fakes,
+            archive=archive if args.url is None else None,
         )
     )
     print(report_json(results) if args.json else report_text(results, speed))
     if args.out:
         print(f"stereo recordings (caller left, agent right) in {args.out}", file=sys.stderr)
+    if archive and args.url is None:
+        from agent.archive_cli import archived_calls
+
+        stored = archived_calls(Path(archive), [r.call_sid for r in results])
+        print(f"archive: {len(stored)}/{len(results)} calls stored in {archive}", file=sys.stderr)
     return 0 if all(r.passed for r in results) else 1
 
 
@@ -139,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="machine-readable report")
     rep.add_argument("--out", help="write a stereo WAV per call here (caller left, agent right)")
     rep.add_argument("--parallel", type=int, default=2, help="calls replayed at once (default 2)")
+    rep.add_argument("--archive", help="archive folder for the in-process server (default: OUT/archive with --out)")
     rep.add_argument("--rest-port", type=int, default=0, help="port for the fake Twilio REST API (with --url)")
+    rep.add_argument(
+        "--fakes", action="store_true",
+        help="serve CALLSTREAM_STT=deepgram / CALLSTREAM_TTS=polly from local fakes of their APIs",
+    )
     rep.add_argument("-v", "--verbose", action="store_true", help="show the server's log")
     rep.set_defaults(func=cmd_replay)
 
@@ -147,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("to", metavar="TO", help="E.164 number (+14155550100) or sip: URI")
     call.add_argument("--from", dest="from_", metavar="NUMBER", help="caller ID (default: TWILIO_FROM_NUMBER)")
     call.set_defaults(func=cmd_call)
+
+    add_archive_commands(sub)
 
     flow = sub.add_parser("flow", help="dialog flow tools")
     flow_sub = flow.add_subparsers(dest="flow_command", required=True)

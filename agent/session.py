@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import dialog_types as d
+from agent.archive_callbacks import recording_callback_url
 from agent.call_control import SerialCallControl
 from agent.dialog import DialogEngine, Phase
 from agent.events import (
@@ -82,6 +83,7 @@ from agent.speaker import AgentVoice, Interrupted, Speaker
 from agent.speaker_twiml import CallbackUrls, TwimlSpeaker
 from agent.tasks import TaskSet
 from media import mulaw
+from media.frames import MULAW_SILENCE
 from media.recording import CallRecording
 from media.turns import SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
 from media.vad import VoiceActivity
@@ -94,6 +96,10 @@ STATE_TTL_S = 6 * 3600
 TWILIO_END_GRACE_S = 1.0  # a stream Twilio says is over may still be delivering its `stop`
 
 log = logging.getLogger("callstream.session")
+
+
+def _silence(n: int) -> bytes:
+    return bytes([MULAW_SILENCE]) * n
 
 
 class MediaSocket(Protocol):
@@ -119,6 +125,8 @@ class SessionDeps:
     end_silence_ms: int = 700
     vad_aggressiveness: int = 2
     archive: ArchiveQueue | None = None
+    stt_fallback: SpeechToText | None = None  # takes over when `stt` fails for good
+    tts_fallback: TextToSpeech | None = None  # speaks a prompt `tts` could not
     speech: str = "stream"  # CALLSTREAM_SPEECH: stream | twiml
 
 
@@ -159,8 +167,13 @@ class CallSession:
         self._end_timer: asyncio.TimerHandle | None = None
         self._engine: DialogEngine | None = None
         self._stt: SttStream | None = None
+        self._phrases: tuple[str, ...] = ()
+        self._on_fallback_stt = False
+        self._early_turns = 0  # turns the recognizer closed before our detector did
+        self._speaking_since_ms = 0  # media time the agent's current speech began
         self._deadline: int | None = None
         self._sensitive = False
+        self._continuation = False  # a resumed stream of the call (archived in its own sub-folder)
         self._lockstep = False
         self._open_turns: deque[tuple[bool, float]] = deque()  # ended turns awaiting a final: (too short?, when)
         self._turn_text: list[str] = []
@@ -280,6 +293,7 @@ class CallSession:
         CALLS_ACTIVE.inc()
         resume = params.get("resume_state") or None
         transfer_status = params.get("transfer_status") or None
+        self._continuation = bool(resume or transfer_status)
         snapshot = None
         if resume or transfer_status:
             snapshot = await deps.store.load(start.call_sid)
@@ -340,6 +354,7 @@ class CallSession:
             on_audio=self._on_tts_audio,
             recording=self.recording,
             log=self.log,
+            fallback=deps.tts_fallback,
         )
 
     # --- the per-frame path ----------------------------------------------------------
@@ -353,7 +368,8 @@ class CallSession:
         metrics.frames_in += 1
         if metrics.frames_in % CallMetrics.FLUSH_EVERY_FRAMES == 0:
             metrics.flush(self.conn.errors)
-        self.recording.caller(media.timestamp, media.payload)
+        # a sensitive state (card or account digits) is not recorded: silence instead
+        self.recording.caller(media.timestamp, media.payload if not self._sensitive else _silence(len(media.payload)))
         pcm = mulaw.decode(media.payload)
         turn = self._turns.process(self._vad.is_speech(pcm), now)
         if self._stt is not None:
@@ -472,20 +488,71 @@ class CallSession:
                 self._turn_text = []
                 self._on_turn_final(text, event.confidence, event.start_ms, event.end_ms)
         elif isinstance(event, SpeechStartedHint):
-            pass  # our own VAD decides barge-in for the offline provider
+            # a second opinion on barge-in (Deepgram's SpeechStarted); whichever
+            # of it and our VAD comes first cuts the agent off, the other finds
+            # nothing playing. A hint about speech that began before the agent
+            # started talking is stale.
+            speaker = self._speaker
+            if (
+                event.barge_in
+                and speaker is not None
+                and speaker.speaking
+                and speaker.barge_in_allowed
+                and event.at_ms >= self._speaking_since_ms
+            ):
+                self.log.info("barge-in on the recognizer's speech-started hint")
+                self._barge_in(max(0, self.now_ms - event.at_ms), self.now_ms)
         elif isinstance(event, SttFailure):
+            self._on_stt_failure(event)
+
+    def _on_stt_failure(self, event: SttFailure) -> None:
+        """A retryable failure is the provider's to recover from; for good, the
+        call goes on with the fallback recognizer (sphinx) rather than deaf."""
+        if event.retryable:
+            self.log.warning("speech recognition interrupted (%s): it retries", event.reason)
+            return
+        fallback = self._deps.stt_fallback
+        if fallback is None or self._on_fallback_stt or self._closing:
             self.log.error("speech recognition failed (%s): caller speech is not understood", event.reason)
+            return
+        self.log.error("speech recognition failed (%s): falling back to %s", event.reason, fallback.name)
+        self._on_fallback_stt = True
+        self._tasks.spawn(self._switch_stt(fallback), "stt-fallback")
+
+    async def _switch_stt(self, fallback: SpeechToText) -> None:
+        failed, self._stt = self._stt, None
+        if failed is not None:
+            await failed.aclose()
+        stream = await fallback.open_stream(self.call_sid, self._on_stt_event)
+        if self._closing:
+            await stream.aclose()
+            return
+        stream.set_phrases(self._phrases)
+        self._stt = stream
 
     def _on_turn_final(self, text: str, confidence: float, start_ms: int, end_ms: int) -> None:
         """A caller turn is over: hand it to the dialog. A sound too short to be
-        speech that nothing was recognised in is not a turn (no attempt spent)."""
-        if not self._open_turns and not text:
-            return  # the provider closed a turn our detector never opened
+        speech that nothing was recognised in is not a turn (no attempt spent).
+
+        The recognizer may close a turn before our detector hears its end
+        (Deepgram's endpointing is quicker than end_silence_ms): that turn goes
+        to the dialog at once, and the final answering our detector's end_turn
+        for the same speech, empty, is not a second turn."""
+        if not self._open_turns:
+            if not text:
+                return  # the provider closed a turn our detector never opened
+            if self._turns.in_speech:
+                self._early_turns += 1
         too_short = False
         if self._open_turns:
             too_short, asked = self._open_turns.popleft()
             if self._stt is not None:
                 STT_FINAL_MS.observe((time.perf_counter() - asked) * 1000)
+            if self._early_turns:
+                self._early_turns -= 1
+                if not text:
+                    self.log.debug("turn already closed by the recognizer")
+                    return
         if too_short and not text:
             self.log.debug("a sound too short to be speech: ignored")
             self._dialog(d.CallerSpeechAbandoned())
@@ -519,12 +586,15 @@ class CallSession:
         match action:
             case d.Say():
                 assert self._speaker is not None
+                if not self._speaker.speaking:
+                    self._speaking_since_ms = self.now_ms
                 self.log.info("say %d in %s: %r", action.say_id, action.state, action.log_text)
                 self._say_requested[action.say_id] = time.perf_counter()
                 self._publish(ActionEvent, action="say", detail={"say_id": action.say_id, "text": action.log_text})
                 self._speaker.say(action)
             case d.Listen():
                 self._sensitive = action.sensitive
+                self._phrases = action.phrases
                 if self._stt is not None:
                     self._stt.set_phrases(action.phrases)
             case d.Transition():
@@ -540,10 +610,13 @@ class CallSession:
                     timeout_s=action.timeout_s,
                     record=action.record,
                     action_url=f"{self._deps.base_url}/twilio/dial-result",
+                    recording_status_callback=self._recording_callback("transfer"),
                 )
                 self._hand_on(f"transfer:{action.to}", twiml, {"to": mask_number(action.to)})
             case d.Conference():
-                twiml = documents.conference(action.room, record=action.record)
+                twiml = documents.conference(
+                    action.room, record=action.record, recording_status_callback=self._recording_callback("conference")
+                )
                 self._hand_on(f"conference:{action.room}", twiml, {"room": action.room})
             case d.Voicemail():
                 # after the recording Twilio requests the action URL: resume the
@@ -551,11 +624,19 @@ class CallSession:
                 base = self._deps.base_url
                 resume = f"{base}/twilio/voice?resume_state={action.next}"
                 twiml = documents.voicemail(
-                    max_s=action.max_s, action_url=resume if action.next else f"{base}/twilio/hangup"
+                    max_s=action.max_s,
+                    action_url=resume if action.next else f"{base}/twilio/hangup",
+                    recording_status_callback=self._recording_callback("voicemail"),
                 )
                 self._hand_on("voicemail", twiml, {"max_s": action.max_s})
             case d.HangUp():
                 self._hand_on("hangup", None, {"reason": action.reason})
+
+    def _recording_callback(self, kind: str) -> str | None:
+        """Where Twilio reports a recording it made of this call (the archive fetches it)."""
+        if self._deps.archive is None:
+            return None
+        return recording_callback_url(self._deps.base_url, kind, self.call_sid, self._started_at_ms)
 
     def _hand_on(self, outcome: str, twiml: str | None, detail: dict[str, object]) -> None:
         """Move the live call on (REST update); Twilio then stops this stream."""
@@ -708,6 +789,7 @@ class CallSession:
             response_ms=tuple(self.stats.response_ms),
             malformed=dict(self.conn.errors),
             recording=self.recording,
+            continuation=self._continuation,
         )
         try:
             await archive.enqueue(record)

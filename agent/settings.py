@@ -37,8 +37,13 @@ class Settings:
     tts: str = "espeak"  # espeak | polly
     deepgram_api_key: str | None = None
     deepgram_url: str | None = None
+    deepgram_model: str = "nova-3"
     aws_region: str | None = None
     polly_endpoint_url: str | None = None
+    # explicit AWS keys (from the environment or .env); unset: boto3's own chain
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
     redis_url: str | None = None
     archive: str = "./archive"
     ops_token: str | None = None
@@ -46,6 +51,12 @@ class Settings:
     # tuning (not in the contract; documented in the README)
     end_silence_ms: int = 700
     vad_aggressiveness: int = 2
+    # the archive (agent/archive.py; README "The archive")
+    archive_spool: str | None = None  # default: <archive>/.spool, or ./archive-spool with S3
+    s3_endpoint_url: str | None = None
+    archive_retention_days: int | None = None
+    delete_twilio_recordings: bool = False
+    archive_max_attempts: int = 20
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -78,6 +89,27 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         raise ConfigError(f"{key}={raw!r} is not an integer") from None
 
 
+def _flag(env: Mapping[str, str], key: str) -> bool:
+    raw = (env.get(key) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{key}={raw!r}: use 1 or 0")
+
+
+def _age_days(env: Mapping[str, str], key: str) -> int | None:
+    from agent.archive_prune import parse_age_days
+
+    raw = env.get(key)
+    if not raw:
+        return None
+    try:
+        return parse_age_days(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r}: give an age like 30d (days) or 4w (weeks)") from None
+
+
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
     """Read settings: the process environment wins over the `.env` file."""
     env: dict[str, str] = {}
@@ -101,14 +133,23 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         tts=(get("CALLSTREAM_TTS") or "espeak").lower(),
         deepgram_api_key=get("DEEPGRAM_API_KEY"),
         deepgram_url=get("DEEPGRAM_URL"),
+        deepgram_model=get("DEEPGRAM_MODEL") or "nova-3",
         aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
         polly_endpoint_url=get("POLLY_ENDPOINT_URL"),
+        aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=get("AWS_SESSION_TOKEN"),
         redis_url=get("REDIS_URL"),
         archive=get("CALLSTREAM_ARCHIVE") or "./archive",
         ops_token=get("CALLSTREAM_OPS_TOKEN"),
         log_level=(get("LOG_LEVEL") or "INFO").upper(),
         end_silence_ms=_int(env, "CALLSTREAM_END_SILENCE_MS", 700),
         vad_aggressiveness=_int(env, "CALLSTREAM_VAD_AGGRESSIVENESS", 2),
+        archive_spool=get("CALLSTREAM_ARCHIVE_SPOOL"),
+        s3_endpoint_url=get("CALLSTREAM_S3_ENDPOINT_URL"),
+        archive_retention_days=_age_days(env, "CALLSTREAM_ARCHIVE_RETENTION"),
+        delete_twilio_recordings=_flag(env, "CALLSTREAM_DELETE_TWILIO_RECORDINGS"),
+        archive_max_attempts=_int(env, "CALLSTREAM_ARCHIVE_MAX_ATTEMPTS", 20),
     )
     check_settings(settings)
     return settings
@@ -141,6 +182,14 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("CALLSTREAM_STT=deepgram needs DEEPGRAM_API_KEY")
     if s.tts == "polly" and not s.aws_region:
         raise ConfigError("CALLSTREAM_TTS=polly needs AWS_REGION")
+    for key, url, schemes in (
+        ("DEEPGRAM_URL", s.deepgram_url, ("https", "wss", "http", "ws")),
+        ("POLLY_ENDPOINT_URL", s.polly_endpoint_url, ("https", "http")),
+    ):
+        if url and (urlsplit(url).scheme not in schemes or not urlsplit(url).netloc):
+            raise ConfigError(f"{key}={url!r} must be a {' or '.join(schemes[:2])}://host[:port] URL")
+    if bool(s.aws_access_key_id) != bool(s.aws_secret_access_key):
+        raise ConfigError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both or neither")
     if bool(s.twilio_account_sid) != bool(s.twilio_auth_token) and s.twilio_account_sid:
         raise ConfigError("TWILIO_ACCOUNT_SID is set but TWILIO_AUTH_TOKEN is not: set both")
     if s.twilio_account_sid and not (
@@ -155,6 +204,23 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("CALLSTREAM_VAD_AGGRESSIVENESS must be 0, 1, 2 or 3")
     if not 200 <= s.end_silence_ms <= 5000:
         raise ConfigError("CALLSTREAM_END_SILENCE_MS must be between 200 and 5000")
+    check_archive_settings(s)
+
+
+def check_archive_settings(s: Settings) -> None:
+    if s.archive.startswith("s3://") and not urlsplit(s.archive).netloc:
+        raise ConfigError(f"CALLSTREAM_ARCHIVE={s.archive!r}: an S3 archive is s3://bucket/prefix")
+    if s.archive.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise ConfigError("CALLSTREAM_ARCHIVE=s3://… needs boto3: pip install boto3") from None
+    if s.delete_twilio_recordings and not s.call_control_enabled:
+        raise ConfigError(
+            "CALLSTREAM_DELETE_TWILIO_RECORDINGS=1 needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+        )
+    if s.archive_max_attempts < 1:
+        raise ConfigError("CALLSTREAM_ARCHIVE_MAX_ATTEMPTS must be at least 1")
 
 
 def check_serving(s: Settings) -> None:

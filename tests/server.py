@@ -41,6 +41,7 @@ class RunningServer:
     services: Services
     rest: FakeTwilioRest
     events: list[FeedEvent]
+    rest_base: str = ""  # the fake REST API's http://host:port
 
     @property
     def stream_url(self) -> str:
@@ -101,6 +102,8 @@ async def running_server(
     stt: SpeechToText | None = None,
     call_control: bool = True,
     archive: Any = None,
+    stt_fallback: SpeechToText | None = None,
+    tts_fallback: TextToSpeech | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     rest_token = secrets.token_hex(8)
@@ -123,12 +126,14 @@ async def running_server(
             call_control=control,
             store=MemoryStore(),
             feed=RecordingFeed(events),
+            stt_fallback=stt_fallback,
+            tts_fallback=tts_fallback,
         )
         if archive is not None:
             services.archive = archive
         try:
             async with serve_in_background(create_app(settings, base, services), sock):
-                yield RunningServer(base, settings, services, rest, events)
+                yield RunningServer(base, settings, services, rest, events, base_url_of(rest_sock))
         finally:
             if control is not None:
                 await control.aclose()

@@ -27,9 +27,11 @@ CALLS = ROOT / "fixtures" / "calls"
 async def test_every_shipped_fixture_call_passes_in_lockstep(tmp_path):
     fixtures = find_fixtures([CALLS])
     assert len(fixtures) >= 6
-    results = await replay(fixtures, load_settings({}, env_file=None), out_dir=tmp_path)
+    archive = tmp_path / "archive"
+    results = await replay(fixtures, load_settings({}, env_file=None), out_dir=tmp_path, archive=str(archive))
     for r in results:
         assert r.passed, (r.fixture, r.failures, r.error)
+    check_archive(archive, results)
     by_name = {r.fixture: r for r in results}
     barge = by_name["bargein_agent"]
     assert barge.bargein_ms and max(barge.bargein_ms) <= 120
@@ -42,6 +44,45 @@ async def test_every_shipped_fixture_call_passes_in_lockstep(tmp_path):
     assert abs(agent[: 8 * heard]).max() > 1000  # the greeting, up to where it was cut
     gap = agent[8 * (heard + 300) : 8 * (heard + 600)]
     assert abs(gap).max() < 100  # silence after the clear, before the next prompt
+
+
+def check_archive(archive: Path, results: list) -> None:
+    """Every replayed call is in the archive, consistent, with nothing sensitive in it.
+    A call that came back on a later stream (transfer_no_answer) has it in a
+    continuation sub-folder, `{call folder}/{stream_sid}/`."""
+    folders = {p.parent.name: p.parent for p in archive.rglob("call.json") if p.parent.name.startswith("CA")}
+    assert sorted(folders) == sorted(r.call_sid for r in results)
+    everything = b"".join(p.read_bytes() for p in archive.rglob("*") if p.is_file())
+    assert b"481516" not in everything  # billing_dtmf's account number
+    for r in results:
+        folder = folders[r.call_sid]
+        later = sorted(
+            (p.parent for p in folder.glob("MZ*/call.json")),
+            key=lambda f: orjson.loads((f / "call.json").read_bytes())["started_at_ms"],
+        )
+        streams = [folder, *later]
+        metas = [orjson.loads((f / "call.json").read_bytes()) for f in streams]
+        assert [m["continuation"] for m in metas] == [False] + [True] * (len(streams) - 1)
+        assert metas[-1]["path"] == r.path and metas[0]["from"].count("*") == 3  # the last stream holds the whole path
+        turns = [t for f in streams for t in orjson.loads((f / "transcript.json").read_bytes())["turns"]]
+        caller = [t["text"] for t in turns if t["speaker"] == "caller" and t["text"]]
+        assert caller == r.caller_transcript
+        assert [t["interrupted"] for t in turns if t["speaker"] == "agent"] == [t["interrupted"] for t in r.agent_turns]
+        for f in streams:
+            stream_turns = orjson.loads((f / "transcript.json").read_bytes())["turns"]
+            vtt = (f / "transcript.vtt").read_text()
+            assert vtt.startswith("WEBVTT") and vtt.count(" --> ") == sum(
+                1 for t in stream_turns if t.get("heard_text", t["text"])
+            )
+            wav = read_wav(f / "audio.wav")
+            assert wav.rate == 8000 and wav.channels == 2
+            assert abs(wav.samples[:, 1].astype(float)).max() > 1000  # the agent spoke
+        if r.caller_transcript:
+            wav = read_wav(folder / "audio.wav")
+            assert abs(wav.samples[:, 0].astype(float)).max() > 1000  # and the caller did
+    if "billing_dtmf" in {r.fixture for r in results}:
+        billing = folders[next(r.call_sid for r in results if r.fixture == "billing_dtmf")]
+        assert orjson.loads((billing / "call.json").read_bytes())["slots"] == {"account": "***"}
 
 
 async def test_every_shipped_fixture_call_passes_with_twilio_rendered_speech():
@@ -134,6 +175,7 @@ def test_replay_against_a_separately_started_server(tmp_path):
         TWILIO_API_BASE=f"http://127.0.0.1:{rest_port}",
         CALLSTREAM_OPS_TOKEN="ops-token",
         PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        CALLSTREAM_ARCHIVE=str(tmp_path / "archive"),
     )
     server = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "serve", "--port", str(port)],
