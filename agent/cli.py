@@ -59,6 +59,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    if settings.redis_url:  # fail before binding, naming REDIS_URL (bounded connect timeout)
+        from agent.redis_conn import check_reachable
+
+        check_reachable(settings.redis_url)
     base_url = settings.base_url_for(args.host, args.port)
     app = create_app(settings, base_url)
     uvicorn.run(
@@ -112,6 +116,18 @@ def cmd_flow_check(args: argparse.Namespace) -> int:
     return flow_check_command(args.file)
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from agent.tail import ops_token_from_env, tail
+
+    token = ops_token_from_env()
+    if not token:
+        print("callstream tail needs CALLSTREAM_OPS_TOKEN (the server's ops token) in the environment or .env",
+              file=sys.stderr)
+        return 2
+    color = sys.stdout.isatty() and not args.no_color
+    return asyncio.run(tail(args.url, token, args.call, color=color))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callstream", description="Real-time voice agent for Twilio calls.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rest-port", type=int, default=0, help="port for the fake Twilio REST API (with --url)")
     rep.add_argument("-v", "--verbose", action="store_true", help="show the server's log")
     rep.set_defaults(func=cmd_replay)
+
+    tail = sub.add_parser("tail", help="follow the live feed of a running server (CALLSTREAM_OPS_TOKEN)")
+    tail.add_argument("--call", metavar="CALL_SID", help="only this call")
+    tail.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL (default %(default)s)")
+    tail.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    tail.set_defaults(func=cmd_tail)
 
     flow = sub.add_parser("flow", help="dialog flow tools")
     flow_sub = flow.add_subparsers(dest="flow_command", required=True)

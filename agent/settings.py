@@ -36,6 +36,7 @@ class Settings:
     aws_region: str | None = None
     polly_endpoint_url: str | None = None
     redis_url: str | None = None
+    redis_prefix: str = "callstream:"  # CALLSTREAM_REDIS_PREFIX: keys and the feed channel
     archive: str = "./archive"
     ops_token: str | None = None
     log_level: str = "INFO"
@@ -98,6 +99,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
         polly_endpoint_url=get("POLLY_ENDPOINT_URL"),
         redis_url=get("REDIS_URL"),
+        redis_prefix=get("CALLSTREAM_REDIS_PREFIX") or "callstream:",
         archive=get("CALLSTREAM_ARCHIVE") or "./archive",
         ops_token=get("CALLSTREAM_OPS_TOKEN"),
         log_level=(get("LOG_LEVEL") or "INFO").upper(),
@@ -135,6 +137,10 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex digits")
     if not Path(s.flow_path).is_file():
         raise ConfigError(f"CALLSTREAM_FLOW={s.flow_path!r}: no such file")
+    if s.redis_url and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            "REDIS_URL must be redis://[:password@]host[:port][/db], rediss://… or unix://…"
+        )
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"LOG_LEVEL={s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
     if not 0 <= s.vad_aggressiveness <= 3:
