@@ -21,9 +21,9 @@ from agent.app import create_app, stream_url
 from agent.call_control import TwilioCallControl
 from agent.events import FeedEvent
 from agent.fake_twilio import FakeTwilioRest
-from agent.feed import MemoryFeed
+from agent.feed import Feed, MemoryFeed, Subscription
 from agent.flow_loader import load_flow
-from agent.ports import SpeechToText, TextToSpeech
+from agent.ports import CallStore, SpeechToText, TextToSpeech
 from agent.serving import base_url_of, bound_socket, serve_in_background
 from agent.settings import Settings, load_settings
 from agent.store import MemoryStore
@@ -47,13 +47,18 @@ class RunningServer:
 
     @contextlib.asynccontextmanager
     async def call(
-        self, parameters: dict[str, str] | None = None, *, lockstep: bool = True, signed: bool = True
+        self,
+        parameters: dict[str, str] | None = None,
+        *,
+        lockstep: bool = True,
+        signed: bool = True,
+        call_sid: str | None = None,
     ) -> AsyncIterator[TwilioStream]:
         headers = {}
         if signed and self.settings.twilio_auth_token:
             headers["X-Twilio-Signature"] = sign(self.settings.twilio_auth_token, self.stream_url)
         async with websockets.connect(self.stream_url, additional_headers=headers) as ws:
-            stream = TwilioStream(ws)
+            stream = TwilioStream(ws, call_sid)
             self.rest.add_call(stream.call_sid)
             await stream.start(parameters, lockstep=lockstep)
             yield stream
@@ -75,6 +80,25 @@ class RecordingFeed(MemoryFeed):
         super().publish(event)
 
 
+class TeeFeed:
+    """Records what the session publishes, then hands it to another feed (Redis)."""
+
+    def __init__(self, sink: list[FeedEvent], inner: Feed) -> None:
+        self._sink = sink
+        self.inner = inner
+
+    def publish(self, event: FeedEvent) -> None:
+        self._sink.append(event)
+        self.inner.publish(event)
+
+    def subscribe(self, call_sid: str | None = None) -> Subscription:
+        return self.inner.subscribe(call_sid)
+
+    @property
+    def dropped(self) -> int:
+        return self.inner.dropped
+
+
 @contextlib.asynccontextmanager
 async def running_server(
     *,
@@ -82,6 +106,8 @@ async def running_server(
     stt: SpeechToText | None = None,
     call_control: bool = True,
     archive: Any = None,
+    store: CallStore | None = None,
+    feed: Feed | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     rest_token = secrets.token_hex(8)
@@ -102,8 +128,8 @@ async def running_server(
             tts=tts or ToneTextToSpeech(),
             stt=stt if stt is not None else ScriptedSpeechToText(),
             call_control=control,
-            store=MemoryStore(),
-            feed=RecordingFeed(events),
+            store=store if store is not None else MemoryStore(),
+            feed=RecordingFeed(events) if feed is None else TeeFeed(events, feed),
         )
         if archive is not None:
             services.archive = archive
