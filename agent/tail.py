@@ -88,7 +88,14 @@ class TailRefused(Exception):
 
 
 async def _follow(
-    http: aiohttp.ClientSession, url: str, token: str, call_sid: str | None, out: IO[str], color: bool, up: list[bool]
+    http: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    call_sid: str | None,
+    out: IO[str],
+    err: IO[str],
+    color: bool,
+    up: list[bool],
 ) -> None:
     params = {"call_sid": call_sid} if call_sid else {}
     async with http.get(f"{url}/ops/events", params=params, headers={"X-Ops-Token": token}) as resp:
@@ -97,6 +104,8 @@ async def _follow(
         if resp.status != 200:
             raise TailRefused(f"{url}/ops/events answered HTTP {resp.status}")
         up.append(True)
+        print(f"callstream tail: following {url}/ops/events" + (f" for {call_sid}" if call_sid else ""),
+              file=err, flush=True)
         async for raw in resp.content:
             if not raw.startswith(b"data: "):
                 continue
@@ -128,7 +137,7 @@ async def tail(
         while True:
             up: list[bool] = []
             try:
-                await _follow(http, url, token, call_sid, out, color, up)
+                await _follow(http, url, token, call_sid, out, err, color, up)
                 reason = "the server ended the feed"
             except TailRefused as exc:
                 print(f"callstream tail: {exc}", file=err)

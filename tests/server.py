@@ -116,7 +116,7 @@ async def running_server(
     sock = bound_socket()
     base = base_url_of(sock)
     settings = load_settings({}, env_file=None).with_overrides(
-        public_base_url=base, ops_token="ops-secret", **overrides
+        **{"public_base_url": base, "ops_token": "ops-secret", **overrides}
     )
     events: list[FeedEvent] = []
     async with serve_in_background(rest.app, rest_sock):
