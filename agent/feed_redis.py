@@ -45,7 +45,8 @@ log = logging.getLogger("callstream.feed")
 
 MAX_BUFFER = 10_000  # events waiting for Redis; past that they are dropped
 BATCH = 500  # PUBLISH commands per pipeline round trip
-LISTEN_POLL_S = 5.0
+LISTEN_POLL_S = 1.0
+CLOSE_WAIT_S = 5.0
 SUBSCRIBED_WAIT_S = 3.0
 
 
@@ -78,6 +79,7 @@ class RedisFeed:
         self.received = 0  # events from other instances
         self.malformed = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     async def start(self) -> None:
         """Connect (a ConfigError naming REDIS_URL if Redis is unreachable),
@@ -121,7 +123,7 @@ class RedisFeed:
 
     async def _publish_loop(self) -> None:
         assert self._redis is not None
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             while self._buffer:
@@ -148,7 +150,7 @@ class RedisFeed:
     async def _reconnect(self) -> None:
         assert self._redis is not None
         backoff = self._backoff_min
-        while True:
+        while not self._closing:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._backoff_max)
             try:
@@ -169,7 +171,7 @@ class RedisFeed:
         assert self._redis is not None
         backoff = self._backoff_min
         down = False
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
@@ -177,7 +179,7 @@ class RedisFeed:
                 if down:
                     log.info("live feed: listening to %s again", self.channel)
                 down, backoff = False, self._backoff_min
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=LISTEN_POLL_S)
                     if message is not None and message.get("type") == "message":
                         self._on_message(message["data"])
@@ -223,11 +225,14 @@ class RedisFeed:
         return True
 
     async def aclose(self) -> None:
+        self._closing = True  # the loops also stop on their own, should a cancel be swallowed
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_S)
+            for task in stuck:
+                log.error("live feed: %s did not stop within %.0f s", task.get_name(), CLOSE_WAIT_S)
         self._tasks = []
         if self._redis is not None:
             await self._redis.aclose()
