@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 
 import pytest
 import redis.asyncio as aioredis
@@ -120,3 +122,21 @@ async def test_a_full_buffer_drops_instead_of_growing(redis_server, redis_prefix
         assert feed.dropped == 15
     finally:
         await feed.aclose()
+
+
+async def test_closing_ends_the_tasks_even_when_redis_py_swallows_a_cancel(redis_server, redis_prefix, caplog):
+    # a cancel landing while redis-py's pubsub is subscribing is sometimes
+    # swallowed (its task runs on): closing mid-subscribe must still finish
+    rng = random.Random(7)
+    for _ in range(30):
+        feed = RedisFeed(redis_server, redis_prefix)
+        starting = asyncio.create_task(feed.start())
+        while not feed._tasks:  # connected: the listener is about to subscribe
+            await asyncio.sleep(0)
+        for _ in range(rng.randrange(12)):  # a few loop turns into subscribing
+            await asyncio.sleep(0)
+        await asyncio.wait_for(feed.aclose(), 10)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+    assert "did not stop" not in caplog.text
