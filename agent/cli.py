@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import socket
 import sys
 from pathlib import Path
@@ -28,7 +29,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings()
+    environ = None
+    if getattr(args, "fakes", False):
+        # the local fakes take throwaway credentials: none need be set
+        environ = {"DEEPGRAM_API_KEY": "replay-fake", "AWS_REGION": "us-east-1", **os.environ}
+    settings = load_settings(environ)
     if getattr(args, "flow", None):
         if not Path(args.flow).is_file():
             raise ConfigError(f"--flow {args.flow!r}: no such file")
@@ -63,6 +68,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from agent.redis_conn import check_reachable
 
         check_reachable(settings.redis_url)
+    from agent.wiring import check_credentials
+
+    asyncio.run(check_credentials(settings))  # a refused key stops us here, naming it
     base_url = settings.base_url_for(args.host, args.port)
     app = create_app(settings, base_url)
     uvicorn.run(
@@ -89,6 +97,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except FixtureError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.fakes and args.url:
+        print("--fakes serves the speech providers of the in-process server: not with --url", file=sys.stderr)
+        return 2
     speed = None if args.speed == "max" else float(args.speed)
     if speed is not None and speed <= 0:
         print("--speed must be positive or 'max'", file=sys.stderr)
@@ -102,6 +113,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             out_dir=Path(args.out) if args.out else None,
             parallel=args.parallel,
             rest_port=args.rest_port,
+            fakes=args.fakes,
         )
     )
     print(report_json(results) if args.json else report_text(results, speed))
@@ -149,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="write a stereo WAV per call here (caller left, agent right)")
     rep.add_argument("--parallel", type=int, default=2, help="calls replayed at once (default 2)")
     rep.add_argument("--rest-port", type=int, default=0, help="port for the fake Twilio REST API (with --url)")
+    rep.add_argument(
+        "--fakes", action="store_true",
+        help="serve CALLSTREAM_STT=deepgram / CALLSTREAM_TTS=polly from local fakes of their APIs",
+    )
     rep.add_argument("-v", "--verbose", action="store_true", help="show the server's log")
     rep.set_defaults(func=cmd_replay)
 

@@ -40,9 +40,16 @@ class Transcript:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStartedHint:
-    """The provider's own voice activity detector heard speech begin."""
+    """The provider's own voice activity detector heard speech begin.
+
+    `barge_in`: the provider's detector is trusted to cut the agent off
+    (Deepgram's `SpeechStarted`); the session then barges in as for its own
+    VAD. The offline recognizer's onset detector is a cheap copy of the
+    session's own and says False.
+    """
 
     at_ms: int
+    barge_in: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,10 @@
 Without `--url` the server is started in-process on a free loopback port with
 the embedded defaults, a throwaway auth token (so every webhook and upgrade is
 signed and checked, as in production), a throwaway ops token for the live
-feed, and TWILIO_API_BASE pointed at the local fake REST API.
+feed, and TWILIO_API_BASE pointed at the local fake REST API. With `--fakes`,
+the cloud speech providers the settings choose (CALLSTREAM_STT=deepgram,
+CALLSTREAM_TTS=polly) are served by local fakes that speak their protocols
+(agent/fake_deepgram.py, agent/fake_polly.py), with throwaway credentials.
 """
 
 from __future__ import annotations
@@ -31,6 +34,32 @@ from agent.settings import Settings
 
 def fake_account_sid() -> str:
     return "AC" + secrets.token_hex(16)
+
+
+@contextlib.asynccontextmanager
+async def speech_fakes(settings: Settings) -> AsyncIterator[Settings]:
+    """Serve the chosen cloud speech providers locally; the settings point at them."""
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.stt == "deepgram":
+            from agent.fake_deepgram import FakeDeepgram
+
+            key = settings.deepgram_api_key or secrets.token_hex(16)
+            deepgram = await stack.enter_async_context(FakeDeepgram(key).running())
+            settings = settings.with_overrides(deepgram_api_key=key, deepgram_url=deepgram.base_url)
+        if settings.tts == "polly":
+            from agent.fake_polly import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, FakePolly
+
+            polly = FakePolly()
+            sock = bound_socket()
+            await stack.enter_async_context(serve_in_background(polly.app, sock))
+            settings = settings.with_overrides(
+                aws_region=settings.aws_region or "us-east-1",
+                polly_endpoint_url=base_url_of(sock),
+                aws_access_key_id=FAKE_ACCESS_KEY,
+                aws_secret_access_key=FAKE_SECRET_KEY,
+                aws_session_token=None,
+            )
+        yield settings
 
 
 @contextlib.asynccontextmanager
@@ -85,6 +114,7 @@ async def replay(
     out_dir: Path | None = None,
     parallel: int = 2,
     rest_port: int = 0,
+    fakes: bool = False,
     log: IO[str] = sys.stderr,
 ) -> list[CallResult]:
     account_sid = settings.twilio_account_sid or fake_account_sid()
@@ -105,6 +135,8 @@ async def replay(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(serve_in_background(rest.app, rest_sock))
         if url is None:
+            if fakes:
+                settings = await stack.enter_async_context(speech_fakes(settings))
             target, _ = await stack.enter_async_context(local_server(settings, rest_base, account_sid, rest_token))
         else:
             target = target_for_url(url, settings, account_sid)

@@ -106,6 +106,8 @@ class SessionDeps:
     end_silence_ms: int = 700
     vad_aggressiveness: int = 2
     archive: ArchiveQueue | None = None
+    stt_fallback: SpeechToText | None = None  # takes over when `stt` fails for good
+    tts_fallback: TextToSpeech | None = None  # speaks a prompt `tts` could not
 
 
 @dataclass
@@ -139,6 +141,10 @@ class CallSession:
         self._speaker: Speaker | None = None
         self._engine: DialogEngine | None = None
         self._stt: SttStream | None = None
+        self._phrases: tuple[str, ...] = ()
+        self._on_fallback_stt = False
+        self._early_turns = 0  # turns the recognizer closed before our detector did
+        self._speaking_since_ms = 0  # media time the agent's current speech began
         self._deadline: int | None = None
         self._sensitive = False
         self._lockstep = False
@@ -231,6 +237,7 @@ class CallSession:
             on_audio=self._on_tts_audio,
             recording=self.recording,
             log=self.log,
+            fallback=deps.tts_fallback,
         )
         self.stream_sid, self.account_sid = start.stream_sid, start.account_sid
         self._from, self._to = mask_number(params.get("From", "")), mask_number(params.get("To", ""))
@@ -403,20 +410,71 @@ class CallSession:
                 self._turn_text = []
                 self._on_turn_final(text, event.confidence, event.start_ms, event.end_ms)
         elif isinstance(event, SpeechStartedHint):
-            pass  # our own VAD decides barge-in for the offline provider
+            # a second opinion on barge-in (Deepgram's SpeechStarted); whichever
+            # of it and our VAD comes first cuts the agent off, the other finds
+            # nothing playing. A hint about speech that began before the agent
+            # started talking is stale.
+            speaker = self._speaker
+            if (
+                event.barge_in
+                and speaker is not None
+                and speaker.speaking
+                and speaker.barge_in_allowed
+                and event.at_ms >= self._speaking_since_ms
+            ):
+                self.log.info("barge-in on the recognizer's speech-started hint")
+                self._barge_in(max(0, self.now_ms - event.at_ms), self.now_ms)
         elif isinstance(event, SttFailure):
+            self._on_stt_failure(event)
+
+    def _on_stt_failure(self, event: SttFailure) -> None:
+        """A retryable failure is the provider's to recover from; for good, the
+        call goes on with the fallback recognizer (sphinx) rather than deaf."""
+        if event.retryable:
+            self.log.warning("speech recognition interrupted (%s): it retries", event.reason)
+            return
+        fallback = self._deps.stt_fallback
+        if fallback is None or self._on_fallback_stt or self._closing:
             self.log.error("speech recognition failed (%s): caller speech is not understood", event.reason)
+            return
+        self.log.error("speech recognition failed (%s): falling back to %s", event.reason, fallback.name)
+        self._on_fallback_stt = True
+        self._tasks.spawn(self._switch_stt(fallback), "stt-fallback")
+
+    async def _switch_stt(self, fallback: SpeechToText) -> None:
+        failed, self._stt = self._stt, None
+        if failed is not None:
+            await failed.aclose()
+        stream = await fallback.open_stream(self.call_sid, self._on_stt_event)
+        if self._closing:
+            await stream.aclose()
+            return
+        stream.set_phrases(self._phrases)
+        self._stt = stream
 
     def _on_turn_final(self, text: str, confidence: float, start_ms: int, end_ms: int) -> None:
         """A caller turn is over: hand it to the dialog. A sound too short to be
-        speech that nothing was recognised in is not a turn (no attempt spent)."""
-        if not self._open_turns and not text:
-            return  # the provider closed a turn our detector never opened
+        speech that nothing was recognised in is not a turn (no attempt spent).
+
+        The recognizer may close a turn before our detector hears its end
+        (Deepgram's endpointing is quicker than end_silence_ms): that turn goes
+        to the dialog at once, and the final answering our detector's end_turn
+        for the same speech, empty, is not a second turn."""
+        if not self._open_turns:
+            if not text:
+                return  # the provider closed a turn our detector never opened
+            if self._turns.in_speech:
+                self._early_turns += 1
         too_short = False
         if self._open_turns:
             too_short, asked = self._open_turns.popleft()
             if self._stt is not None:
                 STT_FINAL_MS.observe((time.perf_counter() - asked) * 1000)
+            if self._early_turns:
+                self._early_turns -= 1
+                if not text:
+                    self.log.debug("turn already closed by the recognizer")
+                    return
         if too_short and not text:
             self.log.debug("a sound too short to be speech: ignored")
             self._dialog(d.CallerSpeechAbandoned())
@@ -450,12 +508,15 @@ class CallSession:
         match action:
             case d.Say():
                 assert self._speaker is not None
+                if not self._speaker.speaking:
+                    self._speaking_since_ms = self.now_ms
                 self.log.info("say %d in %s: %r", action.say_id, action.state, action.log_text)
                 self._say_requested[action.say_id] = time.perf_counter()
                 self._publish(ActionEvent, action="say", detail={"say_id": action.say_id, "text": action.log_text})
                 self._speaker.say(action)
             case d.Listen():
                 self._sensitive = action.sensitive
+                self._phrases = action.phrases
                 if self._stt is not None:
                     self._stt.set_phrases(action.phrases)
             case d.Transition():

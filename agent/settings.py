@@ -33,8 +33,13 @@ class Settings:
     tts: str = "espeak"  # espeak | polly
     deepgram_api_key: str | None = None
     deepgram_url: str | None = None
+    deepgram_model: str = "nova-3"
     aws_region: str | None = None
     polly_endpoint_url: str | None = None
+    # explicit AWS keys (from the environment or .env); unset: boto3's own chain
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "callstream:"  # CALLSTREAM_REDIS_PREFIX: keys and the feed channel
     archive: str = "./archive"
@@ -96,8 +101,12 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         tts=(get("CALLSTREAM_TTS") or "espeak").lower(),
         deepgram_api_key=get("DEEPGRAM_API_KEY"),
         deepgram_url=get("DEEPGRAM_URL"),
+        deepgram_model=get("DEEPGRAM_MODEL") or "nova-3",
         aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION"),
         polly_endpoint_url=get("POLLY_ENDPOINT_URL"),
+        aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=get("AWS_SESSION_TOKEN"),
         redis_url=get("REDIS_URL"),
         redis_prefix=get("CALLSTREAM_REDIS_PREFIX") or "callstream:",
         archive=get("CALLSTREAM_ARCHIVE") or "./archive",
@@ -129,6 +138,14 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("CALLSTREAM_STT=deepgram needs DEEPGRAM_API_KEY")
     if s.tts == "polly" and not s.aws_region:
         raise ConfigError("CALLSTREAM_TTS=polly needs AWS_REGION")
+    for key, url, schemes in (
+        ("DEEPGRAM_URL", s.deepgram_url, ("https", "wss", "http", "ws")),
+        ("POLLY_ENDPOINT_URL", s.polly_endpoint_url, ("https", "http")),
+    ):
+        if url and (urlsplit(url).scheme not in schemes or not urlsplit(url).netloc):
+            raise ConfigError(f"{key}={url!r} must be a {' or '.join(schemes[:2])}://host[:port] URL")
+    if bool(s.aws_access_key_id) != bool(s.aws_secret_access_key):
+        raise ConfigError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together: set both or neither")
     if bool(s.twilio_account_sid) != bool(s.twilio_auth_token) and s.twilio_account_sid:
         raise ConfigError("TWILIO_ACCOUNT_SID is set but TWILIO_AUTH_TOKEN is not: set both")
     if s.twilio_account_sid and not (

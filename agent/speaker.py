@@ -102,9 +102,11 @@ class Speaker:
         chunk_ms: int = 200,
         lead_ms: int = 1000,
         log: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
+        fallback: TextToSpeech | None = None,
     ) -> None:
         self._conn = conn
         self._tts = tts
+        self._fallback = fallback
         self._spawn = spawn
         self._on_audio = on_audio
         self._recording = recording
@@ -236,6 +238,18 @@ class Speaker:
             self._queue.remove(utterance)
             self._done.append(Finished(utterance.say, utterance.total_ms))
 
+    async def _stream(self, utterance: Utterance, tts: TextToSpeech) -> None:
+        say = utterance.say
+        async for audio in tts.synthesize(say.text, say.voice, say.language):
+            if not audio:
+                continue
+            first = not utterance.audio
+            utterance.audio += audio
+            if utterance.state is UtteranceState.SYNTHESIZING:
+                utterance.state = UtteranceState.SENDING
+            if self._on_audio is not None:
+                await self._on_audio(say, first)
+
     def _start_next_synthesis(self) -> None:
         if any(u.state is UtteranceState.SYNTHESIZING for u in self._queue):
             return
@@ -250,15 +264,20 @@ class Speaker:
     async def _synthesize(self, utterance: Utterance) -> None:
         say = utterance.say
         try:
-            async for audio in self._tts.synthesize(say.text, say.voice, say.language):
-                if not audio:
-                    continue
-                first = not utterance.audio
-                utterance.audio += audio
-                if utterance.state is UtteranceState.SYNTHESIZING:
-                    utterance.state = UtteranceState.SENDING
-                if self._on_audio is not None:
-                    await self._on_audio(say, first)
+            try:
+                await self._stream(utterance, self._tts)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._fallback is None or utterance.audio:
+                    raise
+                # nothing was said yet: the whole prompt in the fallback voice
+                # beats silence (a voice change mid-sentence would not)
+                self._log.warning(
+                    "speech synthesis (%s) failed for say %d (%r): speaking it with %s",
+                    self._tts.name, say.say_id, exc, self._fallback.name,
+                )
+                await self._stream(utterance, self._fallback)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -130,8 +130,11 @@ class CachedTextToSpeech:
             self._size -= len(evicted)
 
     async def aclose(self) -> None:
-        """Cancel syntheses still running (readers get an error)."""
+        """Cancel syntheses still running (readers get an error), then close the engine."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from agent.call_control import TwilioCallControl
 from agent.feed import Feed, MemoryFeed
@@ -18,8 +19,11 @@ from agent.ops import CallBook
 from agent.ops_http import ArchiveFiles, LocalArchiveFiles
 from agent.ports import ArchiveQueue, CallControl, CallStore, SpeechToText, TextToSpeech
 from agent.session import CallSession, SessionDeps
-from agent.settings import Settings
+from agent.settings import ConfigError, Settings
 from agent.store import MemoryStore
+
+if TYPE_CHECKING:
+    from agent.tts_polly import PollyTextToSpeech
 
 log = logging.getLogger("callstream.wiring")
 
@@ -37,6 +41,8 @@ class Services:
     store: CallStore
     feed: Feed
     archive: ArchiveQueue | None = None
+    stt_fallback: SpeechToText | None = None
+    tts_fallback: TextToSpeech | None = None
     sessions: set[CallSession] = field(default_factory=set)
     calls: CallBook = field(default_factory=CallBook)  # the ops view, folded from the feed
     archive_files: ArchiveFiles | None = None  # what /ops/calls/{sid} links to
@@ -53,10 +59,12 @@ class Services:
             end_silence_ms=self.settings.end_silence_ms,
             vad_aggressiveness=self.settings.vad_aggressiveness,
             archive=self.archive,
+            stt_fallback=self.stt_fallback,
+            tts_fallback=self.tts_fallback,
         )
 
     async def aclose(self) -> None:
-        for part in (self.call_control, self.stt, self.tts, self.feed, self.store):
+        for part in (self.call_control, self.stt, self.tts, self.stt_fallback, self.tts_fallback, self.feed, self.store):
             close = getattr(part, "aclose", None)
             if close is not None:
                 try:
@@ -72,6 +80,15 @@ def build_speech_to_text(settings: Settings) -> SpeechToText | None:
         from agent.stt_sphinx import SphinxSpeechToText
 
         return SphinxSpeechToText()
+    if settings.stt == "deepgram":
+        from agent.stt_deepgram import DeepgramOptions, DeepgramSpeechToText
+
+        assert settings.deepgram_api_key  # check_settings
+        return DeepgramSpeechToText(
+            settings.deepgram_api_key,
+            url=settings.deepgram_url,
+            options=DeepgramOptions(model=settings.deepgram_model),
+        )
     raise NotImplementedError(f"CALLSTREAM_STT={settings.stt} is not available in this build")
 
 
@@ -82,6 +99,8 @@ def build_text_to_speech(settings: Settings) -> TextToSpeech:
         from agent.tts_espeak import EspeakTextToSpeech
 
         return CachedTextToSpeech(EspeakTextToSpeech())
+    if settings.tts == "polly":
+        return CachedTextToSpeech(_polly(settings))
     raise NotImplementedError(f"CALLSTREAM_TTS={settings.tts} is not available in this build")
 
 
@@ -114,6 +133,59 @@ def build_archive_files(settings: Settings) -> ArchiveFiles | None:
     return LocalArchiveFiles(settings.archive)
 
 
+def _polly(settings: Settings) -> PollyTextToSpeech:
+    from agent.tts_polly import PollyTextToSpeech
+
+    assert settings.aws_region  # check_settings
+    credentials = None
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        credentials = (settings.aws_access_key_id, settings.aws_secret_access_key, settings.aws_session_token)
+    return PollyTextToSpeech(settings.aws_region, endpoint_url=settings.polly_endpoint_url, credentials=credentials)
+
+
+def build_fallbacks(settings: Settings) -> tuple[SpeechToText | None, TextToSpeech | None]:
+    """The offline providers that stand in when a cloud one fails mid-call:
+    sphinx for a Deepgram stream that fails for good, eSpeak for a prompt Polly
+    could not synthesize."""
+    stt: SpeechToText | None = None
+    tts: TextToSpeech | None = None
+    if settings.stt == "deepgram":
+        from agent.stt_sphinx import SphinxSpeechToText
+
+        stt = SphinxSpeechToText()
+    if settings.tts == "polly":
+        from agent.tts_cache import CachedTextToSpeech
+        from agent.tts_espeak import EspeakTextToSpeech
+
+        tts = CachedTextToSpeech(EspeakTextToSpeech(), max_bytes=2 * 1024 * 1024)
+    return stt, tts
+
+
+async def check_credentials(settings: Settings) -> None:
+    """Ask the chosen cloud providers once, at start-up, whether they take our
+    credentials: a refusal is a ConfigError naming the setting. A provider that
+    cannot be reached is only a warning (calls retry, then fall back)."""
+    if settings.stt == "deepgram":
+        from agent.stt_deepgram import DeepgramAuthError, DeepgramRequestError, DeepgramSpeechToText
+
+        stt = build_speech_to_text(settings)
+        assert isinstance(stt, DeepgramSpeechToText)
+        try:
+            await stt.check()
+        except DeepgramAuthError as exc:
+            raise ConfigError(f"DEEPGRAM_API_KEY: {exc}; set a valid key (console.deepgram.com)") from None
+        except DeepgramRequestError as exc:
+            raise ConfigError(f"DEEPGRAM_MODEL={settings.deepgram_model!r}: {exc}") from None
+        except Exception as exc:
+            log.warning("Deepgram at %s did not answer at start-up (%s): calls will retry, then use sphinx",
+                        settings.deepgram_url or "api.deepgram.com", type(exc).__name__)
+    if settings.tts == "polly" and not _polly(settings).has_credentials:
+        raise ConfigError(
+            "CALLSTREAM_TTS=polly found no AWS credentials: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance role"
+        )
+
+
 async def build_services(settings: Settings, base_url: str) -> Services:
     """Build inside the running loop (some clients open sessions at once)."""
     flow = load_flow(settings.flow_path)
@@ -129,6 +201,7 @@ async def build_services(settings: Settings, base_url: str) -> Services:
             "TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN unset: transfers, conferences, voicemail "
             "and hang-ups end the stream instead of updating the call"
         )
+    stt_fallback, tts_fallback = build_fallbacks(settings)
     return Services(
         settings=settings,
         base_url=base_url,
@@ -139,4 +212,6 @@ async def build_services(settings: Settings, base_url: str) -> Services:
         store=store,
         feed=feed,
         archive_files=build_archive_files(settings),
+        stt_fallback=stt_fallback,
+        tts_fallback=tts_fallback,
     )

@@ -63,6 +63,10 @@ class ScriptedStream:
         event = Transcript(text, True, 0.9 if text else 0.0, max(0, now_ms - 1000), now_ms, end_of_turn=True)
         self._pending.append(asyncio.get_running_loop().call_soon(self._deliver, event))
 
+    def emit(self, event: SttEvent) -> None:
+        """Deliver an event now, as the provider would on its own."""
+        self._on_event(event)
+
     def _deliver(self, event: SttEvent) -> None:
         if not self.closed:
             self._on_event(event)

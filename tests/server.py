@@ -108,6 +108,8 @@ async def running_server(
     archive: Any = None,
     store: CallStore | None = None,
     feed: Feed | None = None,
+    stt_fallback: SpeechToText | None = None,
+    tts_fallback: TextToSpeech | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     rest_token = secrets.token_hex(8)
@@ -130,6 +132,8 @@ async def running_server(
             call_control=control,
             store=store if store is not None else MemoryStore(),
             feed=RecordingFeed(events) if feed is None else TeeFeed(events, feed),
+            stt_fallback=stt_fallback,
+            tts_fallback=tts_fallback,
         )
         if archive is not None:
             services.archive = archive

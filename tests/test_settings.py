@@ -47,8 +47,28 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path):
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"CALLSTREAM_END_SILENCE_MS": "soon"}, "CALLSTREAM_END_SILENCE_MS"),
         ({"CALLSTREAM_VAD_AGGRESSIVENESS": "7"}, "CALLSTREAM_VAD_AGGRESSIVENESS"),
+        ({"DEEPGRAM_URL": "api.deepgram.com"}, "DEEPGRAM_URL"),
+        ({"POLLY_ENDPOINT_URL": "ftp://polly"}, "POLLY_ENDPOINT_URL"),
+        ({"AWS_ACCESS_KEY_ID": "AKIA0"}, "AWS_SECRET_ACCESS_KEY"),
     ],
 )
 def test_config_errors_name_the_key(env, names):
     with pytest.raises(ConfigError, match=names):
         load_settings(env, env_file=None)
+
+
+def test_cloud_speech_settings_choose_the_vendor_adapters_and_their_fallbacks():
+    from agent.wiring import build_fallbacks, build_speech_to_text, build_text_to_speech
+
+    s = load_settings(
+        {"CALLSTREAM_STT": "deepgram", "DEEPGRAM_API_KEY": "k", "DEEPGRAM_URL": "http://127.0.0.1:9",
+         "DEEPGRAM_MODEL": "nova-2", "CALLSTREAM_TTS": "polly", "AWS_REGION": "eu-west-1"},
+        env_file=None,
+    )
+    stt, tts = build_speech_to_text(s), build_text_to_speech(s)
+    assert stt is not None and stt.name == "deepgram" and tts.name == "polly"
+    assert stt.options.model == "nova-2" and not stt.supports_keyterms  # type: ignore[attr-defined]
+    stt_fallback, tts_fallback = build_fallbacks(s)
+    assert stt_fallback is not None and stt_fallback.name == "sphinx"
+    assert tts_fallback is not None and tts_fallback.name == "espeak"
+    assert build_fallbacks(load_settings({}, env_file=None)) == (None, None)
