@@ -15,6 +15,7 @@ RUN pip install . \
     && mkdir -p /app/archive && chown callstream /app/archive
 
 USER callstream
+VOLUME ["/app/archive"]
 EXPOSE 8080
 ENV CALLSTREAM_FLOW=/app/fixtures/flows/acme.yaml CALLSTREAM_ARCHIVE=/app/archive
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \

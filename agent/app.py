@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from agent.archive_callbacks import handle_recording_callback
 from agent.logs import call_logger
 from agent.metrics import REGISTRY, WEBHOOK_MS
 from agent.ops_http import follow_feed, is_authorized, ops_routes
@@ -182,6 +183,13 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
             return forbidden()
         return Response(documents.hangup(), media_type=TWIML)
 
+    async def recording(request: Request) -> Response:
+        """Recording status callback → an archive job (agent/archive_callbacks.py)."""
+        params = await signed_form(request)
+        if params is None:
+            return forbidden()
+        return await handle_recording_callback(params, request.query_params, svc().store, svc().archive)
+
     async def media(websocket: WebSocket) -> None:
         if settings.validate_signatures:
             assert settings.twilio_auth_token
@@ -256,6 +264,7 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
             Route("/twilio/voice", timed("voice", voice), methods=["POST"]),
             Route("/twilio/dial-result", timed("dial-result", dial_result), methods=["POST"]),
             Route("/twilio/hangup", timed("hangup", hangup), methods=["POST"]),
+            Route("/twilio/recording", timed("recording", recording), methods=["POST"]),
             WebSocketRoute("/twilio/media", media),
             Route("/ops/events", ops_events),
             *ops_routes(settings.ops_token, svc, secure_cookie=base_url.startswith("https://")),

@@ -10,6 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
+from agent.archive_cli import add_archive_commands
 from agent.settings import ConfigError, Settings, load_settings
 
 
@@ -100,6 +101,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.fakes and args.url:
         print("--fakes serves the speech providers of the in-process server: not with --url", file=sys.stderr)
         return 2
+    archive = args.archive or (str(Path(args.out) / "archive") if args.out else None)
     speed = None if args.speed == "max" else float(args.speed)
     if speed is not None and speed <= 0:
         print("--speed must be positive or 'max'", file=sys.stderr)
@@ -114,11 +116,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
             parallel=args.parallel,
             rest_port=args.rest_port,
             fakes=args.fakes,
+            archive=archive if args.url is None else None,
         )
     )
     print(report_json(results) if args.json else report_text(results, speed))
     if args.out:
         print(f"stereo recordings (caller left, agent right) in {args.out}", file=sys.stderr)
+    if archive and args.url is None:
+        from agent.archive_cli import archived_calls
+
+        stored = archived_calls(Path(archive), [r.call_sid for r in results])
+        print(f"archive: {len(stored)}/{len(results)} calls stored in {archive}", file=sys.stderr)
     return 0 if all(r.passed for r in results) else 1
 
 
@@ -160,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="machine-readable report")
     rep.add_argument("--out", help="write a stereo WAV per call here (caller left, agent right)")
     rep.add_argument("--parallel", type=int, default=2, help="calls replayed at once (default 2)")
+    rep.add_argument("--archive", help="archive folder for the in-process server (default: OUT/archive with --out)")
     rep.add_argument("--rest-port", type=int, default=0, help="port for the fake Twilio REST API (with --url)")
     rep.add_argument(
         "--fakes", action="store_true",
@@ -173,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL (default %(default)s)")
     tail.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
     tail.set_defaults(func=cmd_tail)
+    add_archive_commands(sub)
 
     flow = sub.add_parser("flow", help="dialog flow tools")
     flow_sub = flow.add_subparsers(dest="flow_command", required=True)

@@ -6,6 +6,9 @@ code 20003; `POST /Accounts/{AccountSid}/Calls/{CallSid}.json` with `Twiml`,
 `Url` or `Status` updates a live call and returns the Call resource; an
 unknown call is 404 (20404); a call no longer in progress is 400 (21220).
 `POST /Accounts/{AccountSid}/Calls.json` creates an outbound call.
+Recordings: `GET /Accounts/{AccountSid}/Recordings/{RecordingSid}.wav` serves
+the media (`add_recording`), `GET ….json` the resource, `DELETE ….json`
+removes it (204), as Twilio's Recording resource does; unknown is 404 (20404).
 Tests queue failures (`fail_next`) to see how the agent copes with 20429 or
 a 5xx. Every accepted update is handed to `on_update`, which the replay tool
 uses to end the stream the way Twilio would.
@@ -105,6 +108,8 @@ class FakeTwilioRest:
         self.calls: dict[str, FakeCall] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.on_update: OnUpdate | None = None
+        self.recordings: dict[str, bytes] = {}  # RecordingSid → WAV
+        self.deleted_recordings: list[str] = []
         self._failures: deque[QueuedFailure] = deque()
         self.app = Starlette(
             routes=[
@@ -114,6 +119,12 @@ class FakeTwilioRest:
                     methods=["POST", "GET"],
                 ),
                 Route("/2010-04-01/Accounts/{account}/Calls.json", self._calls, methods=["POST"]),
+                Route("/2010-04-01/Accounts/{account}/Recordings/{recording_sid}.wav", self._recording_media, methods=["GET"]),
+                Route(
+                    "/2010-04-01/Accounts/{account}/Recordings/{recording_sid}.json",
+                    self._recording_instance,
+                    methods=["GET", "DELETE"],
+                ),
             ]
         )
 
@@ -122,6 +133,9 @@ class FakeTwilioRest:
         call = FakeCall(sid=sid, account_sid=self.account_sid, **fields)
         self.calls[sid] = call
         return call
+
+    def add_recording(self, sid: str, wav: bytes) -> None:
+        self.recordings[sid] = wav
 
     def fail_next(
         self, status: int, code: int, message: str = "injected", *, times: int = 1, call_sid: str | None = None
@@ -210,3 +224,32 @@ class FakeTwilioRest:
         call = self.add_call(sid, from_=from_, to=to, direction="outbound-api", status="queued")
         call.created = form
         return JSONResponse(call.resource(), status_code=201)
+
+    # --- recordings ------------------------------------------------------------------
+    def _recording_request(self, request: Request) -> tuple[str, Response | None]:
+        self.requests.append((request.method, request.url.path))
+        sid = request.path_params["recording_sid"]
+        if not self._authorized(request) or request.path_params["account"] != self.account_sid:
+            return sid, self._error(401, 20003, "Authenticate")
+        failure = self._take_failure(sid)
+        if failure is not None:
+            return sid, self._error(failure.status, failure.code, failure.message)
+        if sid not in self.recordings:
+            return sid, self._error(404, 20404, f"The requested resource {request.url.path} was not found")
+        return sid, None
+
+    async def _recording_media(self, request: Request) -> Response:
+        sid, refused = self._recording_request(request)
+        if refused is not None:
+            return refused
+        return Response(self.recordings[sid], media_type="audio/x-wav")
+
+    async def _recording_instance(self, request: Request) -> Response:
+        sid, refused = self._recording_request(request)
+        if refused is not None:
+            return refused
+        if request.method == "DELETE":
+            del self.recordings[sid]
+            self.deleted_recordings.append(sid)
+            return Response(status_code=204)
+        return JSONResponse({"sid": sid, "account_sid": self.account_sid, "status": "completed"})

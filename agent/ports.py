@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Protocol
 
 from agent.events import FeedEvent
@@ -166,9 +167,54 @@ class CallRecord:
     response_ms: tuple[float, ...]
     malformed: Mapping[str, int]
     recording: CallRecording
+    # a later stream of the same call (resumed after a failed transfer or a
+    # voicemail): stored in a sub-folder named by its stream SID
+    continuation: bool = False
+
+
+@dataclass(frozen=True)
+class RecordingJob:
+    """A Twilio recording to fetch and store beside its call (POST /twilio/recording)."""
+
+    call_sid: str
+    recording_sid: str
+    account_sid: str
+    kind: str  # voicemail | transfer | conference | call: names the stored file
+    day: str  # yyyy-mm-dd of the call's folder
+    duration_s: int | None = None
+    channels: int | None = None
+    source: str = ""  # Twilio's RecordingSource: RecordVerb, DialVerb, Conference…
 
 
 class ArchiveQueue(Protocol):
     async def enqueue(self, record: CallRecord) -> None:
         """Hand a finished call over durably; a worker stores it later.
         Must return quickly: the session only enqueues."""
+
+    async def enqueue_recording(self, job: RecordingJob) -> None:
+        """Hand over a Twilio recording to fetch, durably; a worker stores it."""
+
+
+class ArchiveStore(Protocol):
+    """Where archived calls end up: a folder, an S3 bucket.
+
+    Blocking calls: the worker runs them on a thread. Keys are relative
+    (`2024/05/01/CA…/audio.wav`); each `put` is atomic (a reader sees the whole
+    object or none) and idempotent (the same key and bytes again is harmless).
+    """
+
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def location(self, key: str) -> str:
+        """Where `key` is, for people: a path or an s3:// URL."""
+        ...
+
+    def days(self) -> list[date]:
+        """The `{yyyy}/{mm}/{dd}` folders present."""
+        ...
+
+    def delete_day(self, day: date) -> int:
+        """Delete everything under one day; the number of objects removed."""
+        ...

@@ -64,7 +64,7 @@ async def speech_fakes(settings: Settings) -> AsyncIterator[Settings]:
 
 @contextlib.asynccontextmanager
 async def local_server(
-    settings: Settings, rest_base: str, account_sid: str, auth_token: str
+    settings: Settings, rest_base: str, account_sid: str, auth_token: str, archive: str | None = None
 ) -> AsyncIterator[tuple[ReplayTarget, Settings]]:
     sock = bound_socket()
     base = base_url_of(sock)
@@ -74,6 +74,9 @@ async def local_server(
         twilio_auth_token=auth_token,
         twilio_api_base=rest_base,
         ops_token=secrets.token_hex(16),
+        archive=archive or "off",  # archive only when asked (`--archive`, or `--out`)
+        archive_spool=None,
+        redis_url=None,
     )
     app = create_app(server_settings, base)
     async with serve_in_background(app, sock):
@@ -116,6 +119,7 @@ async def replay(
     rest_port: int = 0,
     fakes: bool = False,
     log: IO[str] = sys.stderr,
+    archive: str | None = None,
 ) -> list[CallResult]:
     account_sid = settings.twilio_account_sid or fake_account_sid()
     # one throwaway token: the in-process server signs and checks with it, and
@@ -137,7 +141,9 @@ async def replay(
         if url is None:
             if fakes:
                 settings = await stack.enter_async_context(speech_fakes(settings))
-            target, _ = await stack.enter_async_context(local_server(settings, rest_base, account_sid, rest_token))
+            target, _ = await stack.enter_async_context(
+                local_server(settings, rest_base, account_sid, rest_token, archive)
+            )
         else:
             target = target_for_url(url, settings, account_sid)
             rest.account_sid = target.account_sid

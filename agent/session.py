@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent import dialog_types as d
+from agent.archive_callbacks import recording_callback_url
 from agent.dialog import DialogEngine
 from agent.events import (
     ActionEvent,
@@ -70,6 +71,7 @@ from agent.ports import (
 from agent.speaker import Interrupted, Speaker
 from agent.tasks import TaskSet
 from media import mulaw
+from media.frames import MULAW_SILENCE
 from media.recording import CallRecording
 from media.turns import SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
 from media.vad import VoiceActivity
@@ -81,6 +83,10 @@ from twiml.stream import StreamConnection
 STATE_TTL_S = 6 * 3600
 
 log = logging.getLogger("callstream.session")
+
+
+def _silence(n: int) -> bytes:
+    return bytes([MULAW_SILENCE]) * n
 
 
 class MediaSocket(Protocol):
@@ -147,6 +153,7 @@ class CallSession:
         self._speaking_since_ms = 0  # media time the agent's current speech began
         self._deadline: int | None = None
         self._sensitive = False
+        self._continuation = False  # a resumed stream of the call (archived in its own sub-folder)
         self._lockstep = False
         self._open_turns: deque[tuple[bool, float]] = deque()  # ended turns awaiting a final: (too short?, when)
         self._turn_text: list[str] = []
@@ -245,6 +252,7 @@ class CallSession:
         CALLS_ACTIVE.inc()
         resume = params.get("resume_state") or None
         transfer_status = params.get("transfer_status") or None
+        self._continuation = bool(resume or transfer_status)
         snapshot = None
         if resume or transfer_status:
             try:
@@ -293,7 +301,8 @@ class CallSession:
         metrics.frames_in += 1
         if metrics.frames_in % CallMetrics.FLUSH_EVERY_FRAMES == 0:
             metrics.flush(self.conn.errors)
-        self.recording.caller(media.timestamp, media.payload)
+        # a sensitive state (card or account digits) is not recorded: silence instead
+        self.recording.caller(media.timestamp, media.payload if not self._sensitive else _silence(len(media.payload)))
         pcm = mulaw.decode(media.payload)
         turn = self._turns.process(self._vad.is_speech(pcm), now)
         if self._stt is not None:
@@ -532,10 +541,13 @@ class CallSession:
                     timeout_s=action.timeout_s,
                     record=action.record,
                     action_url=f"{self._deps.base_url}/twilio/dial-result",
+                    recording_status_callback=self._recording_callback("transfer"),
                 )
                 self._hand_on(f"transfer:{action.to}", twiml, {"to": mask_number(action.to)})
             case d.Conference():
-                twiml = documents.conference(action.room, record=action.record)
+                twiml = documents.conference(
+                    action.room, record=action.record, recording_status_callback=self._recording_callback("conference")
+                )
                 self._hand_on(f"conference:{action.room}", twiml, {"room": action.room})
             case d.Voicemail():
                 # after the recording Twilio requests the action URL: resume the
@@ -543,11 +555,19 @@ class CallSession:
                 base = self._deps.base_url
                 resume = f"{base}/twilio/voice?resume_state={action.next}"
                 twiml = documents.voicemail(
-                    max_s=action.max_s, action_url=resume if action.next else f"{base}/twilio/hangup"
+                    max_s=action.max_s,
+                    action_url=resume if action.next else f"{base}/twilio/hangup",
+                    recording_status_callback=self._recording_callback("voicemail"),
                 )
                 self._hand_on("voicemail", twiml, {"max_s": action.max_s})
             case d.HangUp():
                 self._hand_on("hangup", None, {"reason": action.reason})
+
+    def _recording_callback(self, kind: str) -> str | None:
+        """Where Twilio reports a recording it made of this call (the archive fetches it)."""
+        if self._deps.archive is None:
+            return None
+        return recording_callback_url(self._deps.base_url, kind, self.call_sid, self._started_at_ms)
 
     def _hand_on(self, outcome: str, twiml: str | None, detail: dict[str, object]) -> None:
         """Move the live call on (REST update); Twilio then stops this stream."""
@@ -667,6 +687,7 @@ class CallSession:
             response_ms=tuple(self.stats.response_ms),
             malformed=dict(self.conn.errors),
             recording=self.recording,
+            continuation=self._continuation,
         )
         try:
             await archive.enqueue(record)

@@ -48,6 +48,12 @@ class Settings:
     # tuning (not in the contract; documented in the README)
     end_silence_ms: int = 700
     vad_aggressiveness: int = 2
+    # the archive (agent/archive.py; README "The archive")
+    archive_spool: str | None = None  # default: <archive>/.spool, or ./archive-spool with S3
+    s3_endpoint_url: str | None = None
+    archive_retention_days: int | None = None
+    delete_twilio_recordings: bool = False
+    archive_max_attempts: int = 20
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -78,6 +84,27 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{key}={raw!r} is not an integer") from None
+
+
+def _flag(env: Mapping[str, str], key: str) -> bool:
+    raw = (env.get(key) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{key}={raw!r}: use 1 or 0")
+
+
+def _age_days(env: Mapping[str, str], key: str) -> int | None:
+    from agent.archive_prune import parse_age_days
+
+    raw = env.get(key)
+    if not raw:
+        return None
+    try:
+        return parse_age_days(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r}: give an age like 30d (days) or 4w (weeks)") from None
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
@@ -114,6 +141,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         log_level=(get("LOG_LEVEL") or "INFO").upper(),
         end_silence_ms=_int(env, "CALLSTREAM_END_SILENCE_MS", 700),
         vad_aggressiveness=_int(env, "CALLSTREAM_VAD_AGGRESSIVENESS", 2),
+        archive_spool=get("CALLSTREAM_ARCHIVE_SPOOL"),
+        s3_endpoint_url=get("CALLSTREAM_S3_ENDPOINT_URL"),
+        archive_retention_days=_age_days(env, "CALLSTREAM_ARCHIVE_RETENTION"),
+        delete_twilio_recordings=_flag(env, "CALLSTREAM_DELETE_TWILIO_RECORDINGS"),
+        archive_max_attempts=_int(env, "CALLSTREAM_ARCHIVE_MAX_ATTEMPTS", 20),
     )
     check_settings(settings)
     return settings
@@ -164,3 +196,20 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("CALLSTREAM_VAD_AGGRESSIVENESS must be 0, 1, 2 or 3")
     if not 200 <= s.end_silence_ms <= 5000:
         raise ConfigError("CALLSTREAM_END_SILENCE_MS must be between 200 and 5000")
+    check_archive_settings(s)
+
+
+def check_archive_settings(s: Settings) -> None:
+    if s.archive.startswith("s3://") and not urlsplit(s.archive).netloc:
+        raise ConfigError(f"CALLSTREAM_ARCHIVE={s.archive!r}: an S3 archive is s3://bucket/prefix")
+    if s.archive.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise ConfigError("CALLSTREAM_ARCHIVE=s3://… needs boto3: pip install boto3") from None
+    if s.delete_twilio_recordings and not s.call_control_enabled:
+        raise ConfigError(
+            "CALLSTREAM_DELETE_TWILIO_RECORDINGS=1 needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+        )
+    if s.archive_max_attempts < 1:
+        raise ConfigError("CALLSTREAM_ARCHIVE_MAX_ATTEMPTS must be at least 1")

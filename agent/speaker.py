@@ -28,7 +28,7 @@ from typing import Any
 
 from agent.dialog_types import Say
 from agent.ports import TextToSpeech
-from media.frames import SAMPLE_RATE
+from media.frames import MULAW_SILENCE, SAMPLE_RATE
 from media.playout import PlayoutTracker
 from media.recording import CallRecording
 from twiml.stream import StreamConnection
@@ -217,7 +217,9 @@ class Speaker:
         utterance.chunks += 1
         mark = f"{utterance.say.say_id}.{utterance.chunks}"
         self._conn.send_mark(mark)
-        self._in_flight[mark] = (now_ms + self.playout.queued_ms(now_ms), audio)
+        # a prompt that speaks a sensitive value is recorded as silence
+        recorded = audio if utterance.say.text == utterance.say.log_text else bytes([MULAW_SILENCE]) * len(audio)
+        self._in_flight[mark] = (now_ms + self.playout.queued_ms(now_ms), recorded)
         self.playout.sent(mark, utterance.say.say_id, size // BYTES_PER_MS, now_ms)
 
     def _record_cut_chunk(self, now_ms: int) -> None:

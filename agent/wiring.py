@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from agent.archive import archive_enabled, build_archive
+from agent.archive_store import is_s3
 from agent.call_control import TwilioCallControl
 from agent.feed import Feed, MemoryFeed
 from agent.flow import Flow
@@ -64,7 +66,10 @@ class Services:
         )
 
     async def aclose(self) -> None:
-        for part in (self.call_control, self.stt, self.tts, self.stt_fallback, self.tts_fallback, self.feed, self.store):
+        for part in (
+            self.call_control, self.stt, self.tts, self.stt_fallback, self.tts_fallback,
+            self.archive, self.feed, self.store,  # the archive drains into the feed: close it first
+        ):
             close = getattr(part, "aclose", None)
             if close is not None:
                 try:
@@ -128,7 +133,7 @@ async def build_shared_state(settings: Settings) -> tuple[CallStore, Feed]:
 def build_archive_files(settings: Settings) -> ArchiveFiles | None:
     """The archive as /ops/calls/{sid} sees it: a local folder's files; for
     s3:// only the location an archive.stored event names."""
-    if settings.archive.startswith("s3://"):
+    if not archive_enabled(settings) or is_s3(settings.archive):
         return None
     return LocalArchiveFiles(settings.archive)
 
@@ -202,7 +207,8 @@ async def build_services(settings: Settings, base_url: str) -> Services:
             "and hang-ups end the stream instead of updating the call"
         )
     stt_fallback, tts_fallback = build_fallbacks(settings)
-    return Services(
+    archive = build_archive(settings, feed.publish)
+    services = Services(
         settings=settings,
         base_url=base_url,
         flow=flow,
@@ -211,7 +217,11 @@ async def build_services(settings: Settings, base_url: str) -> Services:
         call_control=call_control,
         store=store,
         feed=feed,
+        archive=archive,
         archive_files=build_archive_files(settings),
         stt_fallback=stt_fallback,
         tts_fallback=tts_fallback,
     )
+    if archive is not None:
+        await archive.start()
+    return services

@@ -26,6 +26,15 @@ class CallRecording:
         self._max_bytes = max_ms * BYTES_PER_MS
         self.truncated = False
 
+    @classmethod
+    def from_tracks(cls, caller: bytes, agent: bytes, *, truncated: bool = False) -> CallRecording:
+        """A finished recording rebuilt from its two mu-law tracks (an archive job)."""
+        recording = cls(max_ms=max(len(caller), len(agent)) // BYTES_PER_MS + 1)
+        recording._caller += caller
+        recording._agent += agent
+        recording.truncated = truncated
+        return recording
+
     def caller(self, timestamp_ms: int, frame: bytes) -> None:
         """A caller frame whose audio starts at `timestamp_ms`."""
         at = timestamp_ms * BYTES_PER_MS

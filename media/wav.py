@@ -9,6 +9,7 @@ multi-channel audio. Writing uses `wave` (16-bit PCM only).
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import wave
@@ -160,6 +161,21 @@ def write_wav(path: StrPath, samples: Samples, rate: int) -> None:
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(np.ascontiguousarray(samples, dtype="<i2").tobytes())
+
+
+def wav_bytes(samples: Samples, rate: int) -> bytes:
+    """The same file as `write_wav`, as bytes (the archive stores objects, not paths)."""
+    if samples.dtype != np.int16:
+        raise TypeError(f"wav_bytes takes int16 samples, got {samples.dtype}")
+    if samples.ndim not in (1, 2) or (samples.ndim == 2 and samples.shape[1] < 1):
+        raise ValueError(f"expected samples of shape (n,) or (n, channels), got {samples.shape}")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1 if samples.ndim == 1 else int(samples.shape[1]))
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.ascontiguousarray(samples, dtype="<i2").tobytes())
+    return out.getvalue()
 
 
 def stereo(left: Samples, right: Samples) -> Samples:

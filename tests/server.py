@@ -40,6 +40,7 @@ class RunningServer:
     services: Services
     rest: FakeTwilioRest
     events: list[FeedEvent]
+    rest_base: str = ""  # the fake REST API's http://host:port
 
     @property
     def stream_url(self) -> str:
@@ -139,7 +140,7 @@ async def running_server(
             services.archive = archive
         try:
             async with serve_in_background(create_app(settings, base, services), sock):
-                yield RunningServer(base, settings, services, rest, events)
+                yield RunningServer(base, settings, services, rest, events, base_url_of(rest_sock))
         finally:
             if control is not None:
                 await control.aclose()

@@ -27,9 +27,11 @@ CALLS = ROOT / "fixtures" / "calls"
 async def test_every_shipped_fixture_call_passes_in_lockstep(tmp_path):
     fixtures = find_fixtures([CALLS])
     assert len(fixtures) >= 6
-    results = await replay(fixtures, load_settings({}, env_file=None), out_dir=tmp_path)
+    archive = tmp_path / "archive"
+    results = await replay(fixtures, load_settings({}, env_file=None), out_dir=tmp_path, archive=str(archive))
     for r in results:
         assert r.passed, (r.fixture, r.failures, r.error)
+    check_archive(archive, results)
     by_name = {r.fixture: r for r in results}
     barge = by_name["bargein_agent"]
     assert barge.bargein_ms and max(barge.bargein_ms) <= 120
@@ -42,6 +44,32 @@ async def test_every_shipped_fixture_call_passes_in_lockstep(tmp_path):
     assert abs(agent[: 8 * heard]).max() > 1000  # the greeting, up to where it was cut
     gap = agent[8 * (heard + 300) : 8 * (heard + 600)]
     assert abs(gap).max() < 100  # silence after the clear, before the next prompt
+
+
+def check_archive(archive: Path, results: list) -> None:
+    """Every replayed call is in the archive, consistent, with nothing sensitive in it."""
+    folders = {p.parent.name: p.parent for p in archive.rglob("call.json")}
+    assert sorted(folders) == sorted(r.call_sid for r in results)
+    everything = b"".join(p.read_bytes() for p in archive.rglob("*") if p.is_file())
+    assert b"481516" not in everything  # billing_dtmf's account number
+    for r in results:
+        folder = folders[r.call_sid]
+        meta = orjson.loads((folder / "call.json").read_bytes())
+        assert meta["path"] == r.path and meta["from"].count("*") == 3
+        turns = orjson.loads((folder / "transcript.json").read_bytes())["turns"]
+        caller = [t["text"] for t in turns if t["speaker"] == "caller" and t["text"]]
+        assert caller == r.caller_transcript
+        assert [t["interrupted"] for t in turns if t["speaker"] == "agent"] == [t["interrupted"] for t in r.agent_turns]
+        vtt = (folder / "transcript.vtt").read_text()
+        assert vtt.startswith("WEBVTT") and vtt.count(" --> ") == sum(1 for t in turns if t.get("heard_text", t["text"]))
+        wav = read_wav(folder / "audio.wav")
+        assert wav.rate == 8000 and wav.channels == 2
+        assert abs(wav.samples[:, 1].astype(float)).max() > 1000  # the agent spoke
+        if r.caller_transcript:
+            assert abs(wav.samples[:, 0].astype(float)).max() > 1000  # and the caller did
+    if "billing_dtmf" in {r.fixture for r in results}:
+        billing = folders[next(r.call_sid for r in results if r.fixture == "billing_dtmf")]
+        assert orjson.loads((billing / "call.json").read_bytes())["slots"] == {"account": "***"}
 
 
 async def test_replay_at_a_multiple_of_real_time_without_lockstep():
@@ -105,6 +133,7 @@ def test_replay_against_a_separately_started_server(tmp_path):
         TWILIO_API_BASE=f"http://127.0.0.1:{rest_port}",
         CALLSTREAM_OPS_TOKEN="ops-token",
         PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        CALLSTREAM_ARCHIVE=str(tmp_path / "archive"),
     )
     server = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "serve", "--port", str(port)],
