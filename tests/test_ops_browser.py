@@ -16,15 +16,21 @@ from doubles import ScriptedSpeechToText
 from server import running_server
 from synth import caller_audio
 
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="the playwright package is not installed (pip install -e '.[dev]')"
-)
-
+# CI (.ci/run) sets CALLSTREAM_REQUIRE_BROWSER=1: a missing browser is then a failure, not a skip
+REQUIRED = os.environ.get("CALLSTREAM_REQUIRE_BROWSER") == "1"
 CHROMIUM = os.environ.get("CALLSTREAM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(
-        "Chromium is not installed: apt-get install chromium chromium-driver", allow_module_level=True
+if REQUIRED:
+    import playwright.async_api as playwright_api
+
+    assert Path(CHROMIUM).is_file(), f"CALLSTREAM_REQUIRE_BROWSER=1 but {CHROMIUM} is missing"
+else:
+    playwright_api = pytest.importorskip(
+        "playwright.async_api", reason="the playwright package is not installed (pip install -e '.[dev]')"
     )
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(
+            "Chromium is not installed: apt-get install chromium chromium-driver", allow_module_level=True
+        )
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
