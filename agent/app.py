@@ -9,7 +9,7 @@ missing or wrong signature gets 403 and nothing is started.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +26,7 @@ from agent.archive_callbacks import handle_recording_callback
 from agent.call_routes import call_routes, stream_document, stream_parameters
 from agent.logs import call_logger
 from agent.metrics import REGISTRY, WEBHOOK_MS
+from agent.ops_http import follow_feed, is_authorized, ops_routes
 from agent.session import CallSession
 from agent.settings import Settings
 from agent.wiring import Services, build_services
@@ -93,9 +94,13 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         state["services"] = built
         app.state.services = built
         log.info("callstream ready: webhook %s/twilio/voice, stream %s", base_url, stream_url(base_url))
+        ops_book = asyncio.create_task(follow_feed(built), name="ops-calls")
         try:
             yield
         finally:
+            ops_book.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ops_book
             if services is None:
                 await built.aclose()
 
@@ -179,15 +184,8 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
             svc().sessions.discard(session)
 
     def ops_authorized(request: Request) -> bool:
-        token = settings.ops_token
-        if not token:
-            return False
-        given = (
-            request.headers.get("x-ops-token")
-            or request.query_params.get("token")
-            or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        )
-        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+        # X-Ops-Token, Authorization: Bearer, ?token=, or the ops page's cookie
+        return is_authorized(request, settings.ops_token)
 
     async def ops_events(request: Request) -> Response:
         """Server-sent events: the live feed, optionally for one call."""
@@ -243,6 +241,7 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
             Route("/twilio/recording", timed("recording", recording), methods=["POST"]),
             WebSocketRoute("/twilio/media", media),
             Route("/ops/events", ops_events),
+            *ops_routes(settings.ops_token, svc, secure_cookie=base_url.startswith("https://")),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),

@@ -103,8 +103,12 @@ async def run_worker(settings: Settings, args: argparse.Namespace, *, test_hook:
 
 async def _run_redis(settings: Settings, args: argparse.Namespace, processor: Any, stops: list[Callable[[], None]]) -> int:
     from agent.archive_redis import RedisArchiveWorker
+    from agent.feed_redis import RedisFeed
 
     assert settings.redis_url
+    # archive.stored goes onto the shared live feed, as the embedded worker's does
+    feed = RedisFeed(settings.redis_url, settings.redis_prefix)
+    await feed.start()
     workers = [
         RedisArchiveWorker(
             settings.redis_url,
@@ -112,6 +116,7 @@ async def _run_redis(settings: Settings, args: argparse.Namespace, processor: An
             consumer=f"{args.name}-{i}",
             claim_idle_s=args.claim_idle,
             max_attempts=settings.archive_max_attempts,
+            publish=feed.publish,
         )
         for i in range(max(1, args.concurrency))
     ]
@@ -126,6 +131,7 @@ async def _run_redis(settings: Settings, args: argparse.Namespace, processor: An
     finally:
         for w in workers:
             await w.aclose()
+        await feed.aclose()
     print(f"archive worker {args.name}: {sum(w.stored for w in workers)} job(s) stored", file=sys.stderr)
     return 0
 

@@ -9,7 +9,8 @@ what a call does next when the agent is not streaming to it.
     POST /twilio/dial-result  `<Dial action>`: the transfer ended. Answered →
                               hang up; busy / no-answer / failed / canceled →
                               a new stream for the same call that resumes the
-                              dialog at the transfer's `on_fail` state.
+                              dialog at the transfer's `on_fail` state; published
+                              once as `call.transfer_result`.
     POST /twilio/continue     what follows `<Connect><Stream>` (the stream ended
                               without a REST update: continue with the pending
                               hand-on, else apologise and hang up), and the hold
@@ -35,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from agent.events import ActionEvent, CallStatusEvent, FeedEvent
+from agent.events import CallStatusEvent, FeedEvent, TransferResultEvent
 from agent.handoff import take_handoff
 from agent.logs import call_logger
 from agent.session import CallSession
@@ -187,15 +188,11 @@ def call_routes(
         if status in DIAL_ANSWERED or form.get("CallStatus") == "completed":
             if first:
                 clog.info("transfer finished (%s): hanging up", status)
-                services().feed.publish(
-                    _event(ActionEvent, call_sid, action="transfer_result", detail={"status": status})
-                )
+                services().feed.publish(_event(TransferResultEvent, call_sid, status=status))
             return twiml(documents.hangup())
         if first:
             clog.info("transfer not answered (%s): resuming the agent", status)
-            services().feed.publish(
-                _event(ActionEvent, call_sid, action="transfer_result", detail={"status": status})
-            )
+            services().feed.publish(_event(TransferResultEvent, call_sid, status=status))
         else:
             clog.info("dial result %s again: same answer", status)
         parameters = stream_parameters(form, transfer_status=status)

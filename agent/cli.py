@@ -66,6 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    if settings.redis_url:  # fail before binding, naming REDIS_URL (bounded connect timeout)
+        from agent.redis_conn import check_reachable
+
+        check_reachable(settings.redis_url)
     from agent.wiring import check_credentials
 
     asyncio.run(check_credentials(settings))  # a refused key stops us here, naming it
@@ -139,6 +143,18 @@ def cmd_flow_check(args: argparse.Namespace) -> int:
     return flow_check_command(args.file)
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from agent.tail import ops_token_from_env, tail
+
+    token = ops_token_from_env()
+    if not token:
+        print("callstream tail needs CALLSTREAM_OPS_TOKEN (the server's ops token) in the environment or .env",
+              file=sys.stderr)
+        return 2
+    color = sys.stdout.isatty() and not args.no_color
+    return asyncio.run(tail(args.url, token, args.call, color=color))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callstream", description="Real-time voice agent for Twilio calls.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--from", dest="from_", metavar="NUMBER", help="caller ID (default: TWILIO_FROM_NUMBER)")
     call.set_defaults(func=cmd_call)
 
+    tail = sub.add_parser("tail", help="follow the live feed of a running server (CALLSTREAM_OPS_TOKEN)")
+    tail.add_argument("--call", metavar="CALL_SID", help="only this call")
+    tail.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL (default %(default)s)")
+    tail.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    tail.set_defaults(func=cmd_tail)
     add_archive_commands(sub)
 
     flow = sub.add_parser("flow", help="dialog flow tools")

@@ -109,6 +109,16 @@ class CallStatusEvent(FeedEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class TransferResultEvent(FeedEvent):
+    """How a transfer's `<Dial>` ended (Twilio's DialCallStatus at
+    /twilio/dial-result): answered/completed, or busy, no-answer, failed,
+    canceled, after which the agent resumes on a new stream."""
+
+    type: ClassVar[str] = "call.transfer_result"
+    status: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CallUpdateFailedEvent(FeedEvent):
     """A REST update of the live call failed for good (after retries); `then`
     says what happens to the caller instead."""
@@ -137,7 +147,39 @@ EVENT_TYPES: dict[str, type[FeedEvent]] = {
         ActionEvent,
         CallEndedEvent,
         CallStatusEvent,
+        TransferResultEvent,
         CallUpdateFailedEvent,
         ArchiveStoredEvent,
     )
 }
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyEvent(FeedEvent):
+    """A measured latency of the call, for the ops page (an extension of the
+    DESIGN.md list). `name` is `response`: caller turn final → first agent
+    audio sent (wall ms)."""
+
+    type: ClassVar[str] = "latency"
+    name: str = ""
+    ms: float = 0.0
+
+
+EVENT_TYPES[LatencyEvent.type] = LatencyEvent
+
+_RENAMED = {"from": "from_"}
+
+
+def event_from_dict(data: dict[str, Any]) -> FeedEvent:
+    """The event `to_dict` made (another instance published it over Redis).
+    Raises ValueError for an unknown type or fields that are not its own."""
+    kind = EVENT_TYPES.get(str(data.get("type")))
+    if kind is None:
+        raise ValueError(f"unknown feed event type {data.get('type')!r}")
+    fields = {_RENAMED.get(k, k): v for k, v in data.items() if k != "type"}
+    if isinstance(fields.get("path"), list):
+        fields["path"] = tuple(fields["path"])
+    try:
+        return kind(**fields)
+    except TypeError as exc:
+        raise ValueError(f"not a {kind.type} event: {exc}") from None

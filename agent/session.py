@@ -47,6 +47,7 @@ from agent.events import (
     CallStartedEvent,
     CallUpdateFailedEvent,
     FeedEvent,
+    LatencyEvent,
     TranscriptFinalEvent,
     TranscriptPartialEvent,
     TransitionEvent,
@@ -296,7 +297,10 @@ class CallSession:
         self._continuation = bool(resume or transfer_status)
         snapshot = None
         if resume or transfer_status:
-            snapshot = await deps.store.load(start.call_sid)
+            try:
+                snapshot = await deps.store.load(start.call_sid)
+            except Exception as exc:  # e.g. Redis away: the call goes on, from the start
+                self.log.error("could not load the saved dialog state (%r)", exc)
             if snapshot is None:
                 self.log.warning("no saved dialog state to resume: starting the flow over")
         if snapshot is not None:
@@ -457,6 +461,7 @@ class CallSession:
             response_ms = (time.perf_counter() - self._final_seen_at) * 1000
             self.stats.response_ms.append(response_ms)
             RESPONSE_MS.observe(response_ms)
+            self._publish(LatencyEvent, name="response", ms=round(response_ms, 2))
             self._final_seen_at = None
         if self.conn.has_data_to_send:
             await self._flush()
@@ -706,7 +711,10 @@ class CallSession:
     async def _save_state(self) -> None:
         if self._engine is None:
             return
-        await self._deps.store.save(self.call_sid, self._engine.snapshot(), STATE_TTL_S)
+        try:
+            await self._deps.store.save(self.call_sid, self._engine.snapshot(), STATE_TTL_S)
+        except Exception as exc:  # e.g. Redis away: the call goes on; a resume would start over
+            self.log.error("could not save the dialog state (%r)", exc)
 
     # --- replay lockstep -----------------------------------------------------------------
     async def _answer_sync(self, raw: str | bytes) -> None:

@@ -45,6 +45,7 @@ class Settings:
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
     redis_url: str | None = None
+    redis_prefix: str = "callstream:"  # CALLSTREAM_REDIS_PREFIX: keys and the feed channel
     archive: str = "./archive"
     ops_token: str | None = None
     log_level: str = "INFO"
@@ -140,6 +141,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
         aws_session_token=get("AWS_SESSION_TOKEN"),
         redis_url=get("REDIS_URL"),
+        redis_prefix=get("CALLSTREAM_REDIS_PREFIX") or "callstream:",
         archive=get("CALLSTREAM_ARCHIVE") or "./archive",
         ops_token=get("CALLSTREAM_OPS_TOKEN"),
         log_level=(get("LOG_LEVEL") or "INFO").upper(),
@@ -198,6 +200,10 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("TWILIO_ACCOUNT_SID must look like AC followed by 32 hex digits")
     if not Path(s.flow_path).is_file():
         raise ConfigError(f"CALLSTREAM_FLOW={s.flow_path!r}: no such file")
+    if s.redis_url and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            "REDIS_URL must be redis://[:password@]host[:port][/db], rediss://… or unix://…"
+        )
     if s.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"LOG_LEVEL={s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
     if not 0 <= s.vad_aggressiveness <= 3:

@@ -11,11 +11,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agent.archive import build_archive
+from agent.archive import archive_enabled, build_archive
+from agent.archive_store import is_s3
 from agent.call_control import TwilioCallControl
 from agent.feed import Feed, MemoryFeed
 from agent.flow import Flow
 from agent.flow_loader import load_flow
+from agent.ops import CallBook
+from agent.ops_http import ArchiveFiles, LocalArchiveFiles
 from agent.ports import ArchiveQueue, CallControl, CallStore, SpeechToText, TextToSpeech
 from agent.session import CallSession, SessionDeps
 from agent.settings import ConfigError, Settings
@@ -43,6 +46,8 @@ class Services:
     stt_fallback: SpeechToText | None = None
     tts_fallback: TextToSpeech | None = None
     sessions: set[CallSession] = field(default_factory=set)
+    calls: CallBook = field(default_factory=CallBook)  # the ops view, folded from the feed
+    archive_files: ArchiveFiles | None = None  # what /ops/calls/{sid} links to
 
     def session_deps(self) -> SessionDeps:
         return SessionDeps(
@@ -62,7 +67,10 @@ class Services:
         )
 
     async def aclose(self) -> None:
-        for part in (self.call_control, self.stt, self.tts, self.stt_fallback, self.tts_fallback, self.archive):
+        for part in (
+            self.call_control, self.stt, self.tts, self.stt_fallback, self.tts_fallback,
+            self.archive, self.feed, self.store,  # the archive drains into the feed: close it first
+        ):
             close = getattr(part, "aclose", None)
             if close is not None:
                 try:
@@ -100,6 +108,35 @@ def build_text_to_speech(settings: Settings) -> TextToSpeech:
     if settings.tts == "polly":
         return CachedTextToSpeech(_polly(settings))
     raise NotImplementedError(f"CALLSTREAM_TTS={settings.tts} is not available in this build")
+
+
+async def build_shared_state(settings: Settings) -> tuple[CallStore, Feed]:
+    """The call store and live feed: in-process, or on Redis when REDIS_URL is
+    set (shared by every instance). An unreachable Redis is a ConfigError
+    naming REDIS_URL, within the connect timeout."""
+    if not settings.redis_url:
+        return MemoryStore(), MemoryFeed()
+    from agent.feed_redis import RedisFeed
+    from agent.redis_conn import connect, masked_url
+    from agent.store_redis import RedisStore
+
+    store = RedisStore(await connect(settings.redis_url), settings.redis_prefix)
+    feed = RedisFeed(settings.redis_url, settings.redis_prefix)
+    try:
+        await feed.start()
+    except BaseException:
+        await store.aclose()
+        raise
+    log.info("call state and live feed on Redis %s (prefix %r)", masked_url(settings.redis_url), settings.redis_prefix)
+    return store, feed
+
+
+def build_archive_files(settings: Settings) -> ArchiveFiles | None:
+    """The archive as /ops/calls/{sid} sees it: a local folder's files; for
+    s3:// only the location an archive.stored event names."""
+    if not archive_enabled(settings) or is_s3(settings.archive):
+        return None
+    return LocalArchiveFiles(settings.archive)
 
 
 def _polly(settings: Settings) -> PollyTextToSpeech:
@@ -158,6 +195,7 @@ async def check_credentials(settings: Settings) -> None:
 async def build_services(settings: Settings, base_url: str) -> Services:
     """Build inside the running loop (some clients open sessions at once)."""
     flow = load_flow(settings.flow_path)
+    store, feed = await build_shared_state(settings)  # first: it may refuse (REDIS_URL)
     call_control: CallControl | None = None
     if settings.call_control_enabled:
         assert settings.twilio_account_sid and settings.twilio_auth_token
@@ -170,7 +208,6 @@ async def build_services(settings: Settings, base_url: str) -> Services:
             "and hang-ups end the stream instead of updating the call"
         )
     stt_fallback, tts_fallback = build_fallbacks(settings)
-    feed = MemoryFeed()
     archive = build_archive(settings, feed.publish)
     services = Services(
         settings=settings,
@@ -179,9 +216,10 @@ async def build_services(settings: Settings, base_url: str) -> Services:
         tts=build_text_to_speech(settings),
         stt=build_speech_to_text(settings),
         call_control=call_control,
-        store=MemoryStore(),
+        store=store,
         feed=feed,
         archive=archive,
+        archive_files=build_archive_files(settings),
         stt_fallback=stt_fallback,
         tts_fallback=tts_fallback,
     )

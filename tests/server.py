@@ -22,9 +22,9 @@ from agent.app import create_app, stream_url
 from agent.call_control import TwilioCallControl
 from agent.events import FeedEvent
 from agent.fake_twilio import FakeTwilioRest
-from agent.feed import MemoryFeed
+from agent.feed import Feed, MemoryFeed, Subscription
 from agent.flow_loader import load_flow
-from agent.ports import SpeechToText, TextToSpeech
+from agent.ports import CallStore, SpeechToText, TextToSpeech
 from agent.serving import base_url_of, bound_socket, serve_in_background
 from agent.settings import Settings, load_settings
 from agent.store import MemoryStore
@@ -95,6 +95,25 @@ class RecordingFeed(MemoryFeed):
         super().publish(event)
 
 
+class TeeFeed:
+    """Records what the session publishes, then hands it to another feed (Redis)."""
+
+    def __init__(self, sink: list[FeedEvent], inner: Feed) -> None:
+        self._sink = sink
+        self.inner = inner
+
+    def publish(self, event: FeedEvent) -> None:
+        self._sink.append(event)
+        self.inner.publish(event)
+
+    def subscribe(self, call_sid: str | None = None) -> Subscription:
+        return self.inner.subscribe(call_sid)
+
+    @property
+    def dropped(self) -> int:
+        return self.inner.dropped
+
+
 @contextlib.asynccontextmanager
 async def running_server(
     *,
@@ -102,6 +121,8 @@ async def running_server(
     stt: SpeechToText | None = None,
     call_control: bool = True,
     archive: Any = None,
+    store: CallStore | None = None,
+    feed: Feed | None = None,
     stt_fallback: SpeechToText | None = None,
     tts_fallback: TextToSpeech | None = None,
     **overrides: Any,
@@ -112,7 +133,7 @@ async def running_server(
     sock = bound_socket()
     base = base_url_of(sock)
     settings = load_settings({}, env_file=None).with_overrides(
-        public_base_url=base, ops_token="ops-secret", **overrides
+        **{"public_base_url": base, "ops_token": "ops-secret", **overrides}
     )
     events: list[FeedEvent] = []
     async with serve_in_background(rest.app, rest_sock):
@@ -124,8 +145,8 @@ async def running_server(
             tts=tts or ToneTextToSpeech(),
             stt=stt if stt is not None else ScriptedSpeechToText(),
             call_control=control,
-            store=MemoryStore(),
-            feed=RecordingFeed(events),
+            store=store if store is not None else MemoryStore(),
+            feed=RecordingFeed(events) if feed is None else TeeFeed(events, feed),
             stt_fallback=stt_fallback,
             tts_fallback=tts_fallback,
         )

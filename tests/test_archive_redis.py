@@ -190,3 +190,21 @@ def test_a_worker_killed_between_dequeue_and_store_archives_the_call_exactly_onc
     assert sorted(p.name for p in folder.iterdir()) == ["audio.wav", "call.json", "transcript.json", "transcript.vtt"]
     assert len(list((tmp_path / "archive").rglob("call.json"))) == 1
     assert r.xlen(JOBS) == 0 and r.xpending(JOBS, GROUP)["pending"] == 0 and r.xlen(DEAD) == 0
+
+
+async def test_a_worker_process_publishes_archive_stored_on_the_shared_feed(tmp_path, redis_srv):
+    from agent.feed_redis import RedisFeed
+
+    feed = RedisFeed(redis_srv.url, "callstream:")
+    await feed.start()
+    sub = feed.subscribe(CALL_SID)
+    try:
+        RedisForwarder(redis_srv.url)(encode_job(sample_record()))
+        env = {"REDIS_URL": redis_srv.url, "CALLSTREAM_ARCHIVE": str(tmp_path / "archive")}
+        done = await asyncio.to_thread(run_worker, tmp_path, env, "--drain")
+        assert done.returncode == 0, done.stderr
+        event = await asyncio.wait_for(sub.queue.get(), 10)
+        assert event.type == "archive.stored" and event.call_sid == CALL_SID
+    finally:
+        await sub.aclose()
+        await feed.aclose()

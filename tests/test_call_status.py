@@ -105,3 +105,15 @@ async def test_a_progress_status_leaves_the_stream_alone():
         await call.silence(100)
         assert len(server.services.sessions) == 1
         await call.stop()
+
+
+def test_the_ops_view_does_not_bring_a_call_back_to_life_for_a_late_status():
+    from agent.events import CallStartedEvent, TransferResultEvent
+    from agent.ops import CallBook
+
+    book = CallBook()
+    book.apply(CallStartedEvent(call_sid=CALL, t=1, from_="+1555***0000"))
+    book.apply(CallEndedEvent(call_sid=CALL, t=2, reason="hangup"))
+    book.apply(TransferResultEvent(call_sid=CALL, t=3, status="completed"))
+    book.apply(CallStatusEvent(call_sid=CALL, t=4, status="completed", sequence="3"))
+    assert book.live() == [] and [c["call_sid"] for c in book.recent()] == [CALL]

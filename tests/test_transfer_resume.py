@@ -8,7 +8,7 @@ from xml.etree import ElementTree
 import pytest
 from server import running_server
 
-from agent.events import ActionEvent, TransitionEvent
+from agent.events import TransferResultEvent, TransitionEvent
 from agent.fake_twilio import outcome_of
 
 TOKEN = "dial-token"
@@ -63,8 +63,7 @@ async def test_no_answer_resumes_the_dialog_at_on_fail_on_a_new_stream():
             await second.stop()
     moves = [(e.from_, e.to, e.intent) for e in server.of_type(sid, TransitionEvent) if e.from_ != e.to]
     assert moves == [(None, "menu", None), ("menu", "operator", "agent"), ("operator", "voicemail", "transfer_failed")]
-    results = [e.detail for e in server.of_type(sid, ActionEvent) if e.action == "transfer_result"]
-    assert results == [{"status": "no-answer"}]
+    assert [e.status for e in server.of_type(sid, TransferResultEvent)] == ["no-answer"]
 
 
 async def test_a_retried_dial_result_gets_the_same_answer_once():
@@ -73,7 +72,7 @@ async def test_a_retried_dial_result_gets_the_same_answer_once():
         first = await server.post("/twilio/dial-result", dial_form(sid, "busy"))
         again = await server.post("/twilio/dial-result", dial_form(sid, "busy"))
     assert first == again and first[0] == 200
-    assert [e.detail for e in server.of_type(sid, ActionEvent)] == [{"status": "busy"}]
+    assert [e.to_dict()["status"] for e in server.of_type(sid, TransferResultEvent)] == ["busy"]
 
 
 @pytest.mark.parametrize("status", ["busy", "no-answer", "failed", "canceled"])
