@@ -33,7 +33,11 @@ for DTMF, and no update is needed (Twilio already stopped the Say).
 Prompt states: QUEUED → SENT (document at Twilio, `started_ms`) → FINISHED | INTERRUPTED
 
 A failed REST update keeps the document pending: Twilio's next callback (the
-hold loop's /twilio/continue, at most HOLD_S later) gets it as its answer.
+hold loop's /twilio/continue, at most HOLD_S later) gets it as its answer. A
+`said` that never comes (lost, or sent to another instance) is replaced by a
+watchdog on the media clock (`SAID_LOST_MS`). Twilio's callbacks must reach
+the instance that holds the call's stream (one instance, or routing by
+CallSid): elsewhere they find no session and the call is apologised off.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ ends, and a key pressed within it still counts."""
 EST_MS_PER_CHAR = 65
 """Polly speaks English at about 15 characters a second: the prompt length
 assumed when Twilio has not told us yet how long it really took."""
+
+SAID_LOST_MS = 3000
+"""A prompt Twilio has not reported over by `started + 2 × estimate +
+SAID_LOST_MS` is taken as over: the callback was lost (our webhook timed out,
+or reached another instance), and the dialog must not wait forever."""
 
 OnUpdateFailed = Callable[[str, CallControlError], None]  # (what: say | hold, error)
 
@@ -143,7 +152,19 @@ class TwimlSpeaker:
             self._change(self._speak_document(self._queue[0]), "say", self._queue[0])
 
     def pump(self, now_ms: int) -> None:
-        """Twilio paces its own speech: nothing to send per frame."""
+        """Twilio paces its own speech; per frame only the lost-callback watchdog."""
+        head = self._queue[0] if self._queue else None
+        if head is None or head.started_ms is None or head.cut_by_key:
+            return
+        played = now_ms - head.started_ms
+        if played > 2 * head.estimated_ms() + SAID_LOST_MS:
+            self._log.warning(
+                "no word from Twilio that say %d ended after %d ms: taking it as over", head.say.say_id, played
+            )
+            self._queue.popleft()
+            self._done.append(Finished(head.say, played))
+            if self._queue:
+                self._change(self._speak_document(self._queue[0]), "say", self._queue[0])
 
     def on_mark(self, name: str) -> bool:
         return False  # a one-way stream carries no marks

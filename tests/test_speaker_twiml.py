@@ -167,3 +167,19 @@ async def test_serial_updates_keep_order_and_skip_what_a_newer_one_replaces():
     await third
     assert inner.updates == ["<Response><Say>1</Say></Response>", None]
     assert (control.sent, control.skipped) == (2, 1)
+
+
+async def test_a_lost_said_callback_does_not_stall_the_dialog():
+    rig = Rig()
+    rig.now = 100
+    rig.speaker.say(prompt(1, "Hi there."))  # estimated 585 ms
+    rig.speaker.say(prompt(2))
+    await rig.settle()
+    rig.speaker.pump(100 + 2 * 585 + 3000)
+    assert not rig.speaker.has_finished
+    rig.now = 100 + 2 * 585 + 3001
+    rig.speaker.pump(rig.now)
+    [done] = rig.speaker.take_finished()
+    assert done.say.say_id == 1 and done.total_ms == 2 * 585 + 3001
+    await rig.settle()
+    assert len(rig.control.updates) == 2 and "say_id=2" in (rig.control.updates[1] or "")  # the next one goes out
