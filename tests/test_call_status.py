@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import pytest
 from server import running_server
 
 from agent.events import CallEndedEvent, CallStatusEvent
@@ -117,3 +118,23 @@ def test_the_ops_view_does_not_bring_a_call_back_to_life_for_a_late_status():
     book.apply(TransferResultEvent(call_sid=CALL, t=3, status="completed"))
     book.apply(CallStatusEvent(call_sid=CALL, t=4, status="completed", sequence="3"))
     assert book.live() == [] and [c["call_sid"] for c in book.recent()] == [CALL]
+
+
+@pytest.mark.redis
+async def test_a_status_callback_retried_on_another_instance_is_processed_once(redis_server, redis_prefix):
+    """Two instances on one Redis (claim_once is SET NX): Twilio's retry may
+    reach the other instance behind the load balancer; still handled once."""
+    from agent.settings import load_settings
+    from agent.wiring import build_shared_state
+
+    settings = load_settings({}, env_file=None).with_overrides(redis_url=redis_server, redis_prefix=redis_prefix)
+    store_a, feed_a = await build_shared_state(settings)
+    store_b, feed_b = await build_shared_state(settings)
+    try:
+        async with running_server(store=store_a) as a, running_server(store=store_b) as b:
+            assert (await a.post("/twilio/status", status_form("completed", "4")))[0] == 204
+            assert (await b.post("/twilio/status", status_form("completed", "4")))[0] == 204
+        assert len(a.of_type(CALL, CallStatusEvent)) + len(b.of_type(CALL, CallStatusEvent)) == 1
+    finally:
+        for part in (feed_a, feed_b, store_a, store_b):
+            await part.aclose()
