@@ -233,7 +233,7 @@ def call_routes(
             return forbidden()
         call_sid = form.get("CallSid", "-")
         raw = request.query_params.get("say_id", "")
-        if not raw.isdigit():
+        if not (raw.isdigit() and len(raw) <= 9):
             call_logger(call_sid, "callstream.app").warning("said without a say_id: 400")
             return PlainTextResponse("say_id is required\n", status_code=400)
         digits = _DTMF.sub("", form.get("Digits", ""))

@@ -138,8 +138,9 @@ async def test_keys_while_holding_and_stale_callbacks():
         gather = ElementTree.fromstring(twiml).find("Gather")
         assert gather is not None and gather.get("action") == said_url(server, 2)
         assert "account number" in twiml
-        bad, _ = await server.post("/twilio/said", form(sid))
-        assert bad == 400
+        for query in ("", "?say_id=x", "?say_id=" + "9" * 5000):
+            bad, _ = await server.post(f"/twilio/said{query}", form(sid))
+            assert bad == 400
         await call.stop()
     assert path(server, sid) == ["menu", "billing"]
 
