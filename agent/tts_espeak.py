@@ -19,7 +19,6 @@ a fresh process, which is how fixtures/make_calls.py gets identical WAVs.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -28,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 
+from agent.thread_stream import Deliver, stream_from_thread
 from agent.voices import parse_voice
 from media import mulaw
 from media.resample import Resampler
@@ -199,7 +199,6 @@ def synthesize_8k(text: str, voice: str, rate_wpm: int = DEFAULT_RATE_WPM) -> np
     return np.concatenate(parts)
 
 
-_DONE = object()
 
 
 class EspeakTextToSpeech:
@@ -227,50 +226,20 @@ class EspeakTextToSpeech:
 
     async def synthesize(self, text: str, voice: str, language: str) -> AsyncGenerator[bytes, None]:
         espeak_voice = parse_voice(voice, language).espeak_voice
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
 
-        def deliver(item: object) -> bool:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening
-                return False
-            return True
+        def produce(deliver: Deliver, stop: threading.Event) -> None:
+            engine = EspeakEngine.shared()
+            resampler = Resampler(engine.sample_rate, OUTPUT_RATE)
 
-        def run() -> None:
-            try:
-                if stop.is_set():
-                    return
-                engine = EspeakEngine.shared()
-                resampler = Resampler(engine.sample_rate, OUTPUT_RATE)
+            def sink(samples: npt.NDArray[np.int16]) -> bool:
+                out = resampler.process(samples)
+                return (deliver(mulaw.encode(out)) if len(out) else True) and not stop.is_set()
 
-                def sink(samples: npt.NDArray[np.int16]) -> bool:
-                    out = resampler.process(samples)
-                    if len(out):
-                        return deliver(mulaw.encode(out)) and not stop.is_set()
-                    return not stop.is_set()
+            engine.synthesize(text, espeak_voice, self.rate_wpm, sink)
+            if not stop.is_set():
+                tail = resampler.flush()
+                if len(tail):
+                    deliver(mulaw.encode(tail))
 
-                engine.synthesize(text, espeak_voice, self.rate_wpm, sink)
-                if not stop.is_set():
-                    tail = resampler.flush()
-                    if len(tail):
-                        deliver(mulaw.encode(tail))
-            except BaseException as exc:
-                deliver(exc)
-            finally:
-                deliver(_DONE)
-
-        future = loop.run_in_executor(self._worker(), run)
-        try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, bytes)
-                yield item
-            await future
-        finally:
-            stop.set()  # the consumer left early (barge-in): abort synthesis
+        async for chunk in stream_from_thread(self._worker(), produce):
+            yield chunk

@@ -25,7 +25,6 @@ the keys given explicitly (settings read them from `.env` too).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -33,6 +32,7 @@ from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from agent.thread_stream import Deliver, stream_from_thread
 from agent.voices import VoiceSpec, parse_voice
 from media import mulaw
 
@@ -121,40 +121,13 @@ class PollyTextToSpeech:
 
     async def synthesize(self, text: str, voice: str, language: str) -> AsyncGenerator[bytes, None]:
         params = self.request(text, voice, language)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
-        done = object()
+        def produce(deliver: Deliver, stop: threading.Event) -> None:
+            self._synthesize_blocking(params, deliver, stop)
 
-        def deliver(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening
-                stop.set()
+        async for chunk in stream_from_thread(self._executor, produce):
+            yield chunk
 
-        def run() -> None:
-            try:
-                self._synthesize_blocking(params, deliver, stop)
-            except BaseException as exc:
-                deliver(exc)
-            finally:
-                deliver(done)
-
-        future = loop.run_in_executor(self._executor, run)
-        try:
-            while True:
-                item = await queue.get()
-                if item is done:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, bytes)
-                yield item
-            await future
-        finally:
-            stop.set()  # the reader left early (barge-in): the worker stops reading
-
-    def _synthesize_blocking(self, params: dict[str, str], deliver: Any, stop: threading.Event) -> None:
+    def _synthesize_blocking(self, params: dict[str, str], deliver: Deliver, stop: threading.Event) -> None:
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
