@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.archive_render import safe_part
+from agent.durable_files import fsync_dir, write_durably
 
 STALE_TMP_S = 3600  # a put takes milliseconds: older tmp files are from a crashed writer
 _NAME = re.compile(r"^(\d{13})\.(\d+)\.([A-Za-z0-9_-]+)\.job$")
@@ -87,19 +88,8 @@ class Spool:
         """Durably add a job, due now."""
         self.create()
         name = _name(now_ms, 0, job_id)
-        tmp = self.tmp / name
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            final = self.pending / name
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        _fsync_dir(self.pending)
+        final = self.pending / name
+        write_durably(self.tmp / name, final, data)
         return SpoolEntry(final, now_ms, 0, job_id)
 
     # --- the drainer (holds the lock) ---------------------------------------------
@@ -135,7 +125,7 @@ class Spool:
                 if path.stat().st_mtime < stale:  # a live writer may be mid-put
                     path.unlink()
         if back:
-            _fsync_dir(self.pending)
+            fsync_dir(self.pending)
         return back
 
     def next_due_ms(self) -> int | None:
@@ -168,12 +158,12 @@ class Spool:
 
     def done(self, entry: SpoolEntry) -> None:
         entry.path.unlink()
-        _fsync_dir(self.processing)
+        fsync_dir(self.processing)
 
     def retry(self, entry: SpoolEntry, due_ms: int) -> SpoolEntry:
         name = _name(due_ms, entry.attempts + 1, entry.job_id)
         os.replace(entry.path, self.pending / name)
-        _fsync_dir(self.pending)
+        fsync_dir(self.pending)
         return SpoolEntry(self.pending / name, due_ms, entry.attempts + 1, entry.job_id)
 
     def bury(self, entry: SpoolEntry, reason: str) -> Path:
@@ -181,7 +171,7 @@ class Spool:
         target = self.dead / entry.path.name
         (self.dead / (entry.path.name + ".reason")).write_text(reason + "\n")
         os.replace(entry.path, target)
-        _fsync_dir(self.dead)
+        fsync_dir(self.dead)
         return target
 
     def requeue_dead(self, now_ms: int) -> int:
@@ -196,16 +186,21 @@ class Spool:
                 (self.dead / (path.name + ".reason")).unlink()
             count += 1
         if count:
-            _fsync_dir(self.pending)
+            fsync_dir(self.pending)
         return count
 
     def depth(self) -> int:
-        """Jobs not finished: pending and processing."""
-        count = 0
-        for folder in (self.pending, self.processing):
+        """Jobs not finished: pending and processing. A job may move between the
+        two while we look (take, retry), so pending is read on both sides of
+        processing and jobs are counted once by id."""
+        ids: set[str] = set()
+        for folder in (self.pending, self.processing, self.pending):
             with contextlib.suppress(FileNotFoundError):
-                count += sum(1 for n in os.listdir(folder) if n.endswith(".job"))
-        return count
+                for name in os.listdir(folder):
+                    entry = SpoolEntry.parse(folder / name)
+                    if entry is not None:
+                        ids.add(entry.job_id)
+        return len(ids)
 
     def dead_count(self) -> int:
         with contextlib.suppress(FileNotFoundError):
@@ -215,11 +210,3 @@ class Spool:
 
 def _name(due_ms: int, attempts: int, job_id: str) -> str:
     return f"{due_ms:013d}.{attempts}.{job_id}.job"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

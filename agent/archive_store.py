@@ -17,6 +17,7 @@ import shutil
 from datetime import date
 from pathlib import Path
 
+from agent.durable_files import write_durably
 from agent.ports import ArchiveStore
 
 _DIGITS = re.compile(r"^\d+$")
@@ -35,18 +36,7 @@ class FolderStore:
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        _fsync_dir(path.parent)
+        write_durably(path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"), path, data)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -81,12 +71,6 @@ def _numbered(folder: Path, width: int) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and len(p.name) == width and _DIGITS.match(p.name))
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_s3(target: str) -> bool:
