@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from agent.archive_cli import add_archive_commands
+from agent.bench.commands import add_bench_commands
 from agent.settings import ConfigError, Settings, check_serving, load_settings
 
 
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
     tail.set_defaults(func=cmd_tail)
     add_archive_commands(sub)
+    add_bench_commands(sub)
 
     flow = sub.add_parser("flow", help="dialog flow tools")
     flow_sub = flow.add_subparsers(dest="flow_command", required=True)
