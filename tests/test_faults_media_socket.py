@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import pytest
 import websockets
@@ -14,12 +15,16 @@ from server import running_server
 from synth import caller_audio
 
 from agent.events import CallEndedEvent, TranscriptPartialEvent, TransitionEvent
+from agent.fixtures import find_fixtures
 from agent.metrics import REGISTRY
 from agent.ports import Transcript
 from agent.rate_limit import MessageBudget
+from agent.replay import paced_budget, replay
+from agent.settings import load_settings
 from twiml.messages import Connected, Mark, Media, Stop, encode_inbound
 
 SILENCE = b"\xff" * 160
+CALLS = Path(__file__).resolve().parent.parent / "fixtures" / "calls"
 
 
 def malformed(kind: str) -> float:
@@ -246,3 +251,24 @@ async def test_the_socket_closing_mid_utterance_ends_and_archives_the_call(how, 
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     [line] = logged(caplog, "call ended (socket_closed)")
     assert line.call_sid == call.call_sid
+
+
+# --- replay paced faster than real time ----------------------------------------------
+
+
+def test_the_replay_server_budget_scales_with_speed() -> None:
+    base = load_settings({}, env_file=None)
+    assert paced_budget(base, None) is base  # lockstep: exempt anyway
+    assert paced_budget(base, 2.0).max_messages_per_s == 500  # never lowered
+    assert paced_budget(base, 20.0).max_messages_per_s == 2000
+    assert paced_budget(base.with_overrides(max_messages_per_s=0), 20.0).max_messages_per_s == 0
+
+
+async def test_a_replay_at_twenty_times_real_time_is_not_rate_limited(caplog):
+    before = malformed("rate_limited")
+    [result] = await replay(
+        find_fixtures([CALLS / "silence_fallback.yaml"]), load_settings({}, env_file=None), speed=20.0
+    )
+    assert result.passed, (result.failures, result.error)
+    assert malformed("rate_limited") == before
+    assert not logged(caplog, "messages/s from Twilio's side")
