@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from agent.archive_callbacks import handle_recording_callback
 from agent.call_routes import call_routes, stream_document, stream_parameters
@@ -113,6 +113,15 @@ class StarletteMediaSocket:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self._ws.close(code, reason)
+
+    async def close_if_open(self) -> None:
+        """A session that ends on Twilio's `stop` returns without closing:
+        send a close frame (1000) rather than let uvicorn drop the TCP
+        connection under the peer. Nothing to do if either side closed."""
+        ws = self._ws
+        if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):  # the peer may be gone already
+                await ws.close(1000, "stream over")
 
 
 def create_app(settings: Settings, base_url: str, services: Services | None = None) -> Starlette:
@@ -206,12 +215,14 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
                 await websocket.close(code=1008)  # before accept: the handshake gets 403
                 return
         await websocket.accept()
-        session = CallSession(svc().session_deps(), StarletteMediaSocket(websocket))
+        socket = StarletteMediaSocket(websocket)
+        session = CallSession(svc().session_deps(), socket)
         svc().sessions.add(session)
         try:
             await session.run()
         finally:
             svc().sessions.discard(session)
+            await socket.close_if_open()
 
     def ops_authorized(request: Request) -> bool:
         # X-Ops-Token, Authorization: Bearer, ?token=, or the ops page's cookie

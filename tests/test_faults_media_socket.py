@@ -21,7 +21,7 @@ from agent.ports import Transcript
 from agent.rate_limit import MessageBudget
 from agent.replay import paced_budget, replay
 from agent.settings import load_settings
-from twiml.messages import Connected, Mark, Media, Stop, encode_inbound
+from twiml.messages import Connected, Media, Stop, encode_inbound
 
 SILENCE = b"\xff" * 160
 CALLS = Path(__file__).resolve().parent.parent / "fixtures" / "calls"
@@ -199,12 +199,13 @@ async def test_a_mark_we_never_sent_is_counted_and_ignored(caplog):
     assert line.call_sid == call.call_sid and "never-sent" in line.getMessage()
 
 
-async def test_messages_after_stop_are_not_read(caplog):
+async def test_stop_ends_the_call_and_the_server_closes_with_a_close_frame():
     async with running_server() as server, server.call() as call:
         await call.silence(100)
         await call.stop()
-        await call.send_raw(encode_inbound(Mark(call.seq + 1, call.stream_sid, "late")))
+        close = await closed_with(call.ws)  # not a dropped TCP connection
         event = await ended(server, call.call_sid)
+    assert (close.code, close.reason) == (1000, "stream over")
     assert event.reason == "stop"
 
 
