@@ -20,7 +20,7 @@ from agent.metrics import REGISTRY
 from agent.ports import Transcript
 from agent.rate_limit import MessageBudget
 from agent.replay import paced_budget, replay
-from agent.settings import load_settings
+from agent.settings import ConfigError, load_settings
 from twiml.messages import Connected, Media, Stop, encode_inbound
 
 SILENCE = b"\xff" * 160
@@ -273,3 +273,28 @@ async def test_a_replay_at_twenty_times_real_time_is_not_rate_limited(caplog):
     assert result.passed, (result.failures, result.error)
     assert malformed("rate_limited") == before
     assert not logged(caplog, "messages/s from Twilio's side")
+
+
+# --- the settings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CALLSTREAM_MAX_MESSAGES_PER_S": "50"}, "CALLSTREAM_MAX_MESSAGES_PER_S"),
+        ({"CALLSTREAM_MAX_MESSAGES_PER_S": "lots"}, "CALLSTREAM_MAX_MESSAGES_PER_S"),
+        ({"CALLSTREAM_START_TIMEOUT_S": "0"}, "CALLSTREAM_START_TIMEOUT_S"),
+        ({"CALLSTREAM_START_TIMEOUT_S": "soon"}, "CALLSTREAM_START_TIMEOUT_S"),
+    ],
+)
+def test_bad_limits_are_refused_naming_the_key(env, named) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env, env_file=None)
+
+
+def test_the_limits_are_read_and_zero_turns_the_budget_off() -> None:
+    settings = load_settings(
+        {"CALLSTREAM_MAX_MESSAGES_PER_S": "0", "CALLSTREAM_START_TIMEOUT_S": "2.5"}, env_file=None
+    )
+    assert (settings.max_messages_per_s, settings.start_timeout_s) == (0, 2.5)
+    assert load_settings({}, env_file=None).max_messages_per_s == 500
