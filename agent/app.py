@@ -4,6 +4,10 @@ Every Twilio-facing route checks `X-Twilio-Signature` when TWILIO_AUTH_TOKEN
 is set (DESIGN.md): webhooks sign the exact public URL plus the POST form,
 the WebSocket upgrade signs the exact `wss://host/path` with no params. A
 missing or wrong signature gets 403 and nothing is started.
+
+Twilio's webhook forms are a few kilobytes at most: a body over
+MAX_WEBHOOK_BYTES is refused with 413 before it is parsed (and is never
+read into memory past the limit).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from contextlib import asynccontextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from agent.archive_callbacks import handle_recording_callback
@@ -40,6 +46,31 @@ log = logging.getLogger("callstream.app")
 TWIML = "text/xml"
 FALLBACK_TEXT = "We're sorry, an application error occurred. Please call again later."
 SSE_HEARTBEAT_S = 15.0
+MAX_WEBHOOK_BYTES = 64 * 1024  # Twilio's forms are small; anything this big is not Twilio
+
+
+async def read_form(request: Request, max_bytes: int = MAX_WEBHOOK_BYTES) -> dict[str, str]:
+    """The POST form as str values, read at most `max_bytes` into memory.
+
+    413 (HTTPException) for a body over the limit, whether it says so in
+    Content-Length or not (chunked); 400 for a multipart body Starlette
+    cannot parse. Another content type is an empty form, as in Starlette.
+    File parts are empty strings: Twilio never uploads files.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, f"webhook body over {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise HTTPException(413, f"webhook body over {max_bytes} bytes")
+
+    async def replay() -> Message:
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    async with Request(request.scope, replay).form() as form:
+        return {k: v if isinstance(v, str) else "" for k, v in form.items()}
 
 
 def stream_url(base_url: str) -> str:
@@ -111,8 +142,7 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
 
     async def signed_form(request: Request) -> dict[str, str] | None:
         """The POST form if its signature is valid (or signatures are off), else None."""
-        form = await request.form()
-        params = {k: str(v) for k, v in form.items()}
+        params = await read_form(request)
         if not settings.validate_signatures:
             return params
         url = base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")

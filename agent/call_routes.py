@@ -87,7 +87,7 @@ class StatusCallback:
             direction=form.get("Direction", ""),
             from_=form.get("From", ""),
             to=form.get("To", ""),
-            duration_s=int(duration) if duration.isdigit() else None,
+            duration_s=int(duration) if duration.isascii() and duration.isdigit() else None,  # not '²'
         )
 
     @property
@@ -233,7 +233,7 @@ def call_routes(
             return forbidden()
         call_sid = form.get("CallSid", "-")
         raw = request.query_params.get("say_id", "")
-        if not (raw.isdigit() and len(raw) <= 9):
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):  # '²'.isdigit() but int('²') fails
             call_logger(call_sid, "callstream.app").warning("said without a say_id: 400")
             return PlainTextResponse("say_id is required\n", status_code=400)
         digits = _DTMF.sub("", form.get("Digits", ""))

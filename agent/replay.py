@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -95,6 +96,17 @@ async def local_server(
         )
 
 
+def paced_budget(settings: Settings, speed: float | None) -> Settings:
+    """The in-process server's message budget for `--speed N` (not lockstep):
+    Twilio sends 50 media messages and at most about as many mark echoes per
+    second of call, so N times faster is up to 100 * N messages a second.
+    Only ever raised; 0 (no limit) stays 0. A server given with --url keeps
+    its own CALLSTREAM_MAX_MESSAGES_PER_S (docs/faults.md)."""
+    if speed is None or settings.max_messages_per_s == 0:
+        return settings
+    return settings.with_overrides(max_messages_per_s=max(settings.max_messages_per_s, math.ceil(100 * speed)))
+
+
 def target_for_url(url: str, settings: Settings, account_sid: str) -> ReplayTarget:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
@@ -144,7 +156,7 @@ async def replay(
             if fakes:
                 settings = await stack.enter_async_context(speech_fakes(settings))
             target, _ = await stack.enter_async_context(
-                local_server(settings, rest_base, account_sid, rest_token, archive)
+                local_server(paced_budget(settings, speed), rest_base, account_sid, rest_token, archive)
             )
         else:
             target = target_for_url(url, settings, account_sid)

@@ -80,6 +80,7 @@ from agent.ports import (
     TextToSpeech,
     Transcript,
 )
+from agent.rate_limit import MessageBudget
 from agent.speaker import AgentVoice, Interrupted, Speaker
 from agent.speaker_twiml import CallbackUrls, TwimlSpeaker
 from agent.tasks import TaskSet
@@ -129,6 +130,8 @@ class SessionDeps:
     stt_fallback: SpeechToText | None = None  # takes over when `stt` fails for good
     tts_fallback: TextToSpeech | None = None  # speaks a prompt `tts` could not
     speech: str = "stream"  # CALLSTREAM_SPEECH: stream | twiml
+    max_messages_per_s: int = 0  # CALLSTREAM_MAX_MESSAGES_PER_S (0: no limit)
+    start_timeout_s: float = 10.0  # CALLSTREAM_START_TIMEOUT_S
 
 
 @dataclass
@@ -164,8 +167,12 @@ class CallSession:
         self._handoff: str | None = None  # twiml mode: a hand-on that answers Twilio's callback
         self._reader: asyncio.Task[None] | None = None
         self._reading = False
-        self._ended_by_twilio = False
+        self._cut: tuple[int, str] | None = None  # why the reader was cancelled: the close it ends with
         self._end_timer: asyncio.TimerHandle | None = None
+        self._start_timer: asyncio.TimerHandle | None = None
+        self._budget = (
+            MessageBudget(deps.max_messages_per_s, time.monotonic()) if deps.max_messages_per_s > 0 else None
+        )
         self._engine: DialogEngine | None = None
         self._stt: SttStream | None = None
         self._phrases: tuple[str, ...] = ()
@@ -189,16 +196,19 @@ class CallSession:
         """Serve the stream until `stop`, the socket closes, the call is handed
         on, or Twilio says the call is over (`end_from_twilio`)."""
         self._reader = asyncio.current_task()
+        self._start_timer = asyncio.get_running_loop().call_later(
+            self._deps.start_timeout_s, self._start_timed_out
+        )
         try:
             try:
                 self._reading = True
                 await self._read_loop()
             except asyncio.CancelledError:
-                if not self._ended_by_twilio:
+                if self._cut is None:
                     raise
                 if self._reader is not None:
                     self._reader.uncancel()
-                self._close_with = (1000, "call ended")
+                self._close_with = self._cut
             finally:
                 self._reading = False
             if self._close_with is not None:
@@ -216,6 +226,9 @@ class CallSession:
             raw = await self._socket.receive()
             if raw is None:
                 return
+            budget = self._budget
+            if budget is not None and not budget.take() and self._rate_limited(budget):
+                continue
             if self._lockstep and is_sync_message(raw):
                 await self._answer_sync(raw)
                 continue
@@ -263,8 +276,45 @@ class CallSession:
             return
         self.log.warning("Twilio says the call is %s but its stream is still open: ending it", status)
         self.end_reason = f"status:{status}"
-        self._ended_by_twilio = True
+        self._cut = (1000, "call ended")
         self._reader.cancel()
+
+    def _start_timed_out(self) -> None:
+        """No usable `start` within CALLSTREAM_START_TIMEOUT_S: Twilio sends
+        `connected` and `start` as soon as the socket opens, so this peer is
+        not a Twilio stream we can serve. Close with 1008 (policy violation)."""
+        self._start_timer = None
+        if self.conn.start is not None or not self._reading or self._closing or self._reader is None:
+            return
+        self.conn.errors["start_timeout"] += 1
+        self.log.warning(
+            "no start message within %g s (%d messages rejected): closing the socket (1008)",
+            self._deps.start_timeout_s, sum(self.conn.errors.values()) - 1,
+        )
+        self.end_reason = "start_timeout"
+        self._cut = (1008, "no start message")
+        self._reader.cancel()
+
+    def _rate_limited(self, budget: MessageBudget) -> bool:
+        """The message budget ran dry (agent/rate_limit.py): refill it from the
+        clock; True if this message is dropped. Dropped messages are counted
+        as `rate_limited`; more than a second's worth dropped closes the
+        socket with 1008. Lockstep replays are exempt (see `_on_start`)."""
+        if budget.take_at(time.monotonic()):
+            return False
+        errors = self.conn.errors
+        errors["rate_limited"] += 1
+        dropped = errors["rate_limited"]
+        if dropped == 1:
+            self.log.warning(
+                "more than %d messages/s from Twilio's side: dropping messages over the limit",
+                budget.per_s,
+            )
+        if dropped > budget.per_s:
+            self.log.error("%d messages dropped over the rate limit: closing the socket (1008)", dropped)
+            self.end_reason = "rate_limited"
+            self._close_with = (1008, "message rate limit exceeded")
+        return True
 
     def _on_rejected(self) -> None:
         if self.conn.unusable is not None:
@@ -288,6 +338,13 @@ class CallSession:
         self._tasks = TaskSet(self.log)
         params = dict(start.custom_parameters)
         self._lockstep = params.get(LOCKSTEP_PARAMETER) == "1"
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
+        if self._lockstep:
+            # a lockstep replay waits for our `synced` answer before it sends
+            # more, so our own pace bounds its rate: no message budget
+            self._budget = None
         self._speaker = self._make_speaker()
         self.stream_sid, self.account_sid = start.stream_sid, start.account_sid
         self._from, self._to = mask_number(params.get("From", "")), mask_number(params.get("To", ""))
@@ -761,6 +818,8 @@ class CallSession:
         self._closing = True
         if self._end_timer is not None:
             self._end_timer.cancel()
+        if self._start_timer is not None:
+            self._start_timer.cancel()
         if self._speaker is not None:
             self._speaker.close()
         if self._stt is not None:
@@ -785,6 +844,13 @@ class CallSession:
             CALLS_ACTIVE.dec()
             CALLS_TOTAL.labels(self.end_reason.split(":", 1)[0]).inc()
             await self._archive(path)
+        else:
+            self.metrics.flush(self.conn.errors)  # start_timeout, rate_limited… before any start
+            if self.conn.errors:
+                self.log.info(
+                    "stream closed before a start (%s): %s",
+                    self.end_reason, ", ".join(f"{k} {n}" for k, n in sorted(self.conn.errors.items())),
+                )
 
     async def _archive(self, path: tuple[str, ...]) -> None:
         """Hand the finished call to the archive queue (a worker stores it)."""

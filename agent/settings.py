@@ -52,6 +52,9 @@ class Settings:
     # tuning (not in the contract; documented in the README)
     end_silence_ms: int = 700
     vad_aggressiveness: int = 2
+    # bad peers on the media socket (agent/rate_limit.py, docs/faults.md)
+    max_messages_per_s: int = 500  # 0: no limit
+    start_timeout_s: float = 10.0
     # the archive (agent/archive.py; README "The archive")
     archive_spool: str | None = None  # default: <archive>/.spool, or ./archive-spool with S3
     s3_endpoint_url: str | None = None
@@ -89,6 +92,16 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{key}={raw!r} is not an integer") from None
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is not a number") from None
 
 
 def _flag(env: Mapping[str, str], key: str) -> bool:
@@ -148,6 +161,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         log_level=(get("LOG_LEVEL") or "INFO").upper(),
         end_silence_ms=_int(env, "CALLSTREAM_END_SILENCE_MS", 700),
         vad_aggressiveness=_int(env, "CALLSTREAM_VAD_AGGRESSIVENESS", 2),
+        max_messages_per_s=_int(env, "CALLSTREAM_MAX_MESSAGES_PER_S", 500),
+        start_timeout_s=_float(env, "CALLSTREAM_START_TIMEOUT_S", 10.0),
         archive_spool=get("CALLSTREAM_ARCHIVE_SPOOL"),
         s3_endpoint_url=get("CALLSTREAM_S3_ENDPOINT_URL"),
         archive_retention_days=_age_days(env, "CALLSTREAM_ARCHIVE_RETENTION"),
@@ -214,6 +229,11 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("CALLSTREAM_END_SILENCE_MS must be between 200 and 5000")
     if not 0 <= s.drain_s <= 3600:
         raise ConfigError("CALLSTREAM_DRAIN_S must be between 0 and 3600 (seconds calls may run on after SIGTERM)")
+    if s.max_messages_per_s != 0 and s.max_messages_per_s < 100:
+        # Twilio alone sends 50 media messages a second plus mark echoes and keys
+        raise ConfigError("CALLSTREAM_MAX_MESSAGES_PER_S must be 0 (no limit) or at least 100")
+    if not 0 < s.start_timeout_s <= 300:
+        raise ConfigError("CALLSTREAM_START_TIMEOUT_S must be more than 0 and at most 300 seconds")
     check_archive_settings(s)
 
 

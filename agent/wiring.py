@@ -64,6 +64,8 @@ class Services:
             stt_fallback=self.stt_fallback,
             tts_fallback=self.tts_fallback,
             speech=self.settings.speech,
+            max_messages_per_s=self.settings.max_messages_per_s,
+            start_timeout_s=self.settings.start_timeout_s,
         )
 
     async def aclose(self) -> None:
