@@ -18,6 +18,10 @@ USER callstream
 VOLUME ["/app/archive"]
 EXPOSE 8080
 ENV CALLSTREAM_FLOW=/app/fixtures/flows/acme.yaml CALLSTREAM_ARCHIVE=/app/archive
+# SIGTERM drains (README "Shutting down"); `docker stop` waits 10 s by default,
+# so calls get 8 s: raise both together (docker stop -t, Kubernetes grace period)
+ENV CALLSTREAM_DRAIN_S=8
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
 CMD ["callstream", "serve", "--host", "0.0.0.0", "--port", "8080", "--json-logs"]

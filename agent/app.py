@@ -35,6 +35,7 @@ from agent.metrics import REGISTRY, WEBHOOK_MS
 from agent.ops_http import follow_feed, is_authorized, ops_routes
 from agent.session import CallSession
 from agent.settings import Settings
+from agent.shutdown import Drain
 from agent.wiring import Services, build_services
 from twiml import documents
 from twiml.numbers import mask_number
@@ -127,6 +128,7 @@ class StarletteMediaSocket:
 def create_app(settings: Settings, base_url: str, services: Services | None = None) -> Starlette:
     """`base_url` is how Twilio reaches us (PUBLIC_BASE_URL or the local address)."""
     state: dict[str, Services] = {}
+    drain = Drain(settings.drain_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -175,6 +177,10 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
             return forbidden()
         call_sid = params.get("CallSid", "-")
         clog = call_logger(call_sid, "callstream.app")
+        if drain.started:
+            # Twilio answers an error with the number's fallback URL: another instance
+            clog.warning("shutting down: new call refused (503)")
+            return PlainTextResponse("shutting down\n", status_code=503, headers={"Retry-After": "1"})
         try:
             parameters = stream_parameters(
                 params, resume_state=request.query_params.get("resume_state", "")
@@ -268,13 +274,30 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         return JSONResponse({"ok": True})
 
     async def readyz(request: Request) -> Response:
-        ready = "services" in state
+        ready = "services" in state and not drain.started
         return JSONResponse(
             {"ready": ready, "calls": len(svc().sessions) if ready else 0},
             status_code=200 if ready else 503,
         )
 
-    return Starlette(
+    async def hand_over_calls() -> int:
+        """Drain deadline: each call still here reconnects to the public URL at its state."""
+        moved = 0
+        for session in list(svc().sessions):
+            parameters = session.resume_parameters()
+            if parameters is None:
+                continue
+            session.hand_over(
+                stream_document(settings, base_url, stream_url(base_url), parameters), parameters["resume_state"]
+            )
+            moved += 1
+        return moved
+
+    async def drain_app() -> None:
+        """SIGTERM (agent/shutdown.py): readyz fails, calls finish up to the deadline."""
+        await drain.run(lambda: svc().sessions if "services" in state else (), hand_over_calls)
+
+    app = Starlette(
         routes=[
             Route("/twilio/voice", timed("voice", voice), methods=["POST"]),
             *call_routes(settings, base_url, stream_url(base_url), svc, signed_form, timed),
@@ -289,3 +312,5 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         ],
         lifespan=lifespan,
     )
+    app.state.drain = drain_app
+    return app

@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.flow import FlowError
     from agent.flow_loader import load_flow
     from agent.logs import configure_logging
+    from agent.shutdown import GracefulServer
 
     settings = _settings(args)
     check_serving(settings)
@@ -76,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     asyncio.run(check_credentials(settings))  # a refused key stops us here, naming it
     base_url = settings.base_url_for(args.host, args.port)
     app = create_app(settings, base_url)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -85,6 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
     )
+    # the first SIGTERM drains (readyz 503, calls finish up to CALLSTREAM_DRAIN_S), a second stops now
+    GracefulServer(config, app.state.drain).run()
     return 0
 
 

@@ -181,6 +181,7 @@ class CallSession:
         self._speaking_since_ms = 0  # media time the agent's current speech began
         self._deadline: int | None = None
         self._sensitive = False
+        self._call_parameters: dict[str, str] = {}  # From/To/CallSid as the stream started
         self._continuation = False  # a resumed stream of the call (archived in its own sub-folder)
         self._lockstep = False
         self._open_turns: deque[tuple[bool, float]] = deque()  # ended turns awaiting a final: (too short?, when)
@@ -347,6 +348,7 @@ class CallSession:
         self._speaker = self._make_speaker()
         self.stream_sid, self.account_sid = start.stream_sid, start.account_sid
         self._from, self._to = mask_number(params.get("From", "")), mask_number(params.get("To", ""))
+        self._call_parameters = {k: params[k] for k in ("From", "To", "CallSid") if k in params}
         self._started_at_ms = int(time.time() * 1000)
         CALLS_ACTIVE.inc()
         resume = params.get("resume_state") or None
@@ -786,6 +788,21 @@ class CallSession:
             self._speaker.pump(self.now_ms)
             self._on_prompts_finished()
         await self._flush(extra=synced_message(raw))
+
+    # --- the server shuts down (agent/shutdown.py) ---------------------------------------------
+    def resume_parameters(self) -> dict[str, str] | None:
+        """Stream parameters that reconnect this call at its current dialog
+        state; None when there is nothing to resume (not started, moving on, over)."""
+        engine = self._engine
+        if engine is None or engine.state is None or self._closing or self.outcome is not None:
+            return None
+        return {**self._call_parameters, "resume_state": engine.state}
+
+    def hand_over(self, twiml: str, state: str) -> None:
+        """Drain deadline: move the live call to `twiml` (a stream that resumes
+        at `state`, on an instance that is still serving)."""
+        self.log.warning("server shutting down: handing the call over to resume at %s", state)
+        self._hand_on("moved", twiml, {"resume_state": state})
 
     # --- the end ------------------------------------------------------------------------------
     async def _close_socket(self, code: int, reason: str) -> None:

@@ -61,6 +61,7 @@ class Settings:
     archive_retention_days: int | None = None
     delete_twilio_recordings: bool = False
     archive_max_attempts: int = 20
+    drain_s: int = 25  # CALLSTREAM_DRAIN_S: SIGTERM lets calls finish this long (agent/shutdown.py)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -167,6 +168,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         archive_retention_days=_age_days(env, "CALLSTREAM_ARCHIVE_RETENTION"),
         delete_twilio_recordings=_flag(env, "CALLSTREAM_DELETE_TWILIO_RECORDINGS"),
         archive_max_attempts=_int(env, "CALLSTREAM_ARCHIVE_MAX_ATTEMPTS", 20),
+        drain_s=_int(env, "CALLSTREAM_DRAIN_S", 25),
     )
     check_settings(settings)
     return settings
@@ -225,6 +227,8 @@ def check_settings(s: Settings) -> None:
         raise ConfigError("CALLSTREAM_VAD_AGGRESSIVENESS must be 0, 1, 2 or 3")
     if not 200 <= s.end_silence_ms <= 5000:
         raise ConfigError("CALLSTREAM_END_SILENCE_MS must be between 200 and 5000")
+    if not 0 <= s.drain_s <= 3600:
+        raise ConfigError("CALLSTREAM_DRAIN_S must be between 0 and 3600 (seconds calls may run on after SIGTERM)")
     if s.max_messages_per_s != 0 and s.max_messages_per_s < 100:
         # Twilio alone sends 50 media messages a second plus mark echoes and keys
         raise ConfigError("CALLSTREAM_MAX_MESSAGES_PER_S must be 0 (no limit) or at least 100")
