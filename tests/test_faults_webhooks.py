@@ -235,20 +235,14 @@ def test_a_body_over_the_limit_is_413_declared_or_chunked(served: Served, http: 
 
 
 def test_a_body_at_the_limit_is_served(served: Served, http: httpx.Client) -> None:
-    if served.server.settings.twilio_auth_token:
-        pytest.skip("the signed case is the fuzz's")
-    url = served.server.base + "/twilio/voice"
     prefix = urlencode({"CallSid": "CA" + "1" * 32, "Junk": ""}).encode()
     body = prefix + b"x" * (MAX_WEBHOOK_BYTES - len(prefix))
-    response = http.post(url, content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    response = send(served, http, Ask("/twilio/voice", "", FORM, body, sign=True))
     assert response.status_code == 200 and "<Stream" in response.text
 
 
 def test_duplicate_fields_take_one_value_and_a_missing_call_sid_is_defined(served: Served, http: httpx.Client) -> None:
-    if served.server.settings.twilio_auth_token:
-        pytest.skip("unsigned requests are the other case")
-    url = served.server.base + "/twilio/status"
-    form = {"content-type": "application/x-www-form-urlencoded"}
-    twice = "CallSid=CA" + "1" * 32 + "&CallStatus=ringing&CallStatus=completed&SequenceNumber=0"
-    assert http.post(url, content=twice.encode(), headers=form).status_code == 204
-    assert http.post(url, content=b"CallStatus=completed", headers=form).status_code == 400
+    twice = ("CallSid=CA" + "1" * 32 + "&CallStatus=ringing&CallStatus=completed&SequenceNumber=0").encode()
+    assert send(served, http, Ask("/twilio/status", "", FORM, twice, sign=True)).status_code == 204
+    missing = Ask("/twilio/status", "", FORM, b"CallStatus=completed", sign=True)
+    assert send(served, http, missing).status_code == 400
