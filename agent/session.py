@@ -834,16 +834,14 @@ class CallSession:
                 "call ended (%s): path %s, %d frames, %d malformed messages",
                 self.end_reason, " → ".join(path), self.metrics.frames_in, sum(self.conn.errors.values()),
             )
-            self._publish(
-                CallEndedEvent,
-                reason=self.end_reason,
-                path=path,
-                duration_ms=self.now_ms,
-            )
+            ended = self._event(CallEndedEvent, reason=self.end_reason, path=path, duration_ms=self.now_ms)
             self.metrics.flush(self.conn.errors)
             CALLS_ACTIVE.dec()
             CALLS_TOTAL.labels(self.end_reason.split(":", 1)[0]).inc()
+            # queued for the archive before call.ended goes out: whoever acts on
+            # call.ended (replay, ops) may stop the server at once
             await self._archive(path)
+            self._deps.feed.publish(ended)
         else:
             self.metrics.flush(self.conn.errors)  # start_timeout, rate_limited… before any start
             if self.conn.errors:
@@ -887,7 +885,11 @@ class CallSession:
         except Exception:
             self.log.exception("could not enqueue the call for the archive")
 
-    def _publish(self, kind: type[FeedEvent], **fields: object) -> None:
+    def _event(self, kind: type[FeedEvent], **fields: object) -> FeedEvent:
+        """A feed event of this call, kept for the archive's record."""
         event = kind(call_sid=self.call_sid, t=int(time.time() * 1000), **fields)
         self._events.append(event)
-        self._deps.feed.publish(event)
+        return event
+
+    def _publish(self, kind: type[FeedEvent], **fields: object) -> None:
+        self._deps.feed.publish(self._event(kind, **fields))
