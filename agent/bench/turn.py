@@ -48,6 +48,7 @@ from agent.bench.stats import Summary, summarize
 from agent.feed import MemoryFeed
 from agent.flow import Flow
 from agent.flow_loader import load_flow
+from agent.logs import _CallSidDefault
 from agent.ports import SttEvent, Transcript
 from agent.replay_call import Playback
 from agent.session import CallSession, SessionDeps
@@ -301,7 +302,7 @@ def _production_logging(level: str) -> Iterator[Path]:
         path = Path(tmp) / "session.log"
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(call_sid)s %(name)s: %(message)s"))
-        handler.addFilter(lambda record: setattr(record, "call_sid", getattr(record, "call_sid", "-")) or True)
+        handler.addFilter(_CallSidDefault())
         root = logging.getLogger()
         saved = root.handlers[:], root.level
         root.handlers[:] = [handler]
