@@ -84,10 +84,12 @@ class Trial:
         start = self.speech_start_frame
         return [c for c in self.clears if start is not None and c[0] >= start]
 
-    def media_latency_ms(self) -> float | None:
+    def media_latency_ms(self, *, voiced: bool = False) -> float | None:
         onset, clears = self.onset_call_ms, self.clears_after_speech()
         if onset is None or not clears:
             return None
+        if voiced and self.clip.voiced_onset_ms is not None and self.clip.onset_ms is not None:
+            onset += self.clip.voiced_onset_ms - self.clip.onset_ms
         return (clears[0][0] + 1) * FRAME_MS - onset
 
     def wall_latency_ms(self) -> float | None:
@@ -217,7 +219,9 @@ class BargeinReport:
     concurrency: int
     speech_trials: int
     media: Summary
+    media_from_voicing: Summary
     wall: Summary
+    slowest: list[tuple[str, float]]  # (clip, media ms) of the slowest distinct clips
     missed: list[str]  # speech trials with no clear (clip names)
     errors: list[str]
     noise_trials: int
@@ -238,6 +242,8 @@ class BargeinReport:
             "concurrency": self.concurrency,
             "speech_trials": self.speech_trials,
             "media_timeline_ms": self.media.as_dict(),
+            "media_timeline_from_voicing_ms": self.media_from_voicing.as_dict(),
+            "slowest_clips_media_ms": dict(self.slowest),
             "wall_ms": self.wall.as_dict(),
             "missed": self.missed,
             "errors": self.errors,
@@ -254,7 +260,9 @@ class BargeinReport:
             f"barge-in, callstream serve process (CALLSTREAM_STT={self.stt}), {self.speech_trials} speech trials, "
             f"{self.concurrency} calls at once in real time",
             f"  media timeline (onset → end of the frame that sent clear, lockstep): {self.media.line()}",
+            f"  the same from the voiced onset (within 20 dB of the clip's peak):    {self.media_from_voicing.line()}",
             f"  wall, real time (frame carrying the onset sent → clear received):    {self.wall.line()}",
+            "  slowest clips (media): " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in self.slowest),
             f"  missed (no clear on speech): {len(self.missed)}" + (f" {self.missed}" if self.missed else ""),
             f"  false barge-ins on noise: {sum(self.false_bargeins.values())} of {self.noise_trials} calls"
             + (f" {false}" if false else ""),
@@ -298,11 +306,15 @@ async def measure(
     false = Counter[str]()
     for t in noise:
         false[t.clip.name.rsplit(" seed", 1)[0]] += 1 if t.clears else 0
+    by_clip = {t.clip.name: x for t in exact if (x := t.media_latency_ms()) is not None}
+    slowest = sorted(by_clip.items(), key=lambda item: -item[1])[:5]
     return BargeinReport(
         stt=stt,
         concurrency=concurrency,
         speech_trials=trials,
         media=summarize([x for t in exact if (x := t.media_latency_ms()) is not None]),
+        media_from_voicing=summarize([x for t in exact if (x := t.media_latency_ms(voiced=True)) is not None]),
+        slowest=slowest,
         wall=summarize([x for t in paced if (x := t.wall_latency_ms()) is not None]),
         missed=missed,
         errors=errors,

@@ -39,7 +39,8 @@ Pcm = npt.NDArray[np.float64]
 class Clip:
     name: str
     audio: bytes  # 8 kHz mu-law, the caller's track from where the clip starts
-    onset_ms: float | None  # true speech onset in the clip; None for noise
+    onset_ms: float | None  # true speech onset in the clip (audible); None for noise
+    voiced_onset_ms: float | None = None  # where it is within 20 dB of its peak (the vowel, mostly)
 
 
 def _dbfs(rms: float) -> float:
@@ -88,9 +89,10 @@ def speech_clips(tail_ms: int = 400) -> list[Clip]:
             seed += 1
             lead = (seed * 7) % 20 * RATE // 1000  # 0-19 ms: the onset's phase in its frame
             onset = lead * 1000 / RATE + true_onset_ms(speech)
+            voiced = lead * 1000 / RATE + true_onset_ms(speech, below_peak_db=20.0)
             x = np.concatenate([np.zeros(lead), speech, np.zeros(tail_ms * RATE // 1000)])
             x = x + floor(len(x), seed)
-            clips.append(Clip(f"{word!r} {voice} {level:g}dBFS", _encode(x), onset))
+            clips.append(Clip(f"{word!r} {voice} {level:g}dBFS", _encode(x), onset, voiced))
     return clips
 
 
