@@ -53,6 +53,56 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class HandlerTime:
+    """The route's share, from the server's histogram (agent/app.py `timed`):
+    form, signature, TwiML; not the HTTP stack around it."""
+
+    count: int
+    mean_ms: float
+    within_ms: dict[str, float]  # bucket bound → fraction of requests at or under it
+
+    def as_dict(self) -> dict[str, object]:
+        return {"count": self.count, "mean": round(self.mean_ms, 3), "fraction_within_ms": self.within_ms}
+
+    def line(self) -> str:
+        shares = ", ".join(f"≤{bound} ms {share:.1%}" for bound, share in self.within_ms.items())
+        return f"n={self.count} mean={self.mean_ms:.3f}ms ({shares})"
+
+
+def _voice_histogram(metrics_text: str) -> dict[str, float]:
+    """`sum`, `count` and `le=…` buckets of callstream_webhook_latency_ms{route="voice"}."""
+    values: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith("callstream_webhook_latency_ms") or 'route="voice"' not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        if name.startswith("callstream_webhook_latency_ms_bucket"):
+            values[name.split('le="', 1)[1].split('"', 1)[0]] = float(value)
+        elif name.startswith("callstream_webhook_latency_ms_sum"):
+            values["sum"] = float(value)
+        elif name.startswith("callstream_webhook_latency_ms_count"):
+            values["count"] = float(value)
+    return values
+
+
+async def _handler_histogram(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    async with http.get(base + "/metrics") as resp:
+        return _voice_histogram(await resp.text())
+
+
+def handler_time(before: dict[str, float], after: dict[str, float]) -> HandlerTime | None:
+    count = after.get("count", 0.0) - before.get("count", 0.0)
+    if count <= 0:
+        return None
+    within: dict[str, float] = {
+        bound: round((after[bound] - before.get(bound, 0.0)) / count, 4)
+        for bound in ("0.5", "1.0", "2.0", "5.0")
+        if bound in after
+    }
+    return HandlerTime(int(count), (after.get("sum", 0.0) - before.get("sum", 0.0)) / count, within)
+
+
+@dataclass(frozen=True)
 class WebhookReport:
     rps: float
     seconds: float
@@ -64,6 +114,7 @@ class WebhookReport:
     achieved_rps: float
     server_cpu_ms_per_request: float
     baseline: Summary | None = None  # GET /healthz at the same rate: client + HTTP stack floor
+    handler: HandlerTime | None = None  # the server's own callstream_webhook_latency_ms
 
     @property
     def meets_target(self) -> bool:
@@ -82,6 +133,7 @@ class WebhookReport:
             "achieved_rps": round(self.achieved_rps, 1),
             "server_cpu_ms_per_request": round(self.server_cpu_ms_per_request, 3),
             "baseline_healthz_ms": self.baseline.as_dict() if self.baseline else None,
+            "server_handler_ms": self.handler.as_dict() if self.handler else None,
             "target": {"p99_ms": TARGET_P99_MS, "rps": TARGET_RPS},
             "meets_target": self.meets_target,
         }
@@ -96,6 +148,7 @@ class WebhookReport:
                 f"  latency (due time → response): {self.latency.line()}",
                 f"  client send lag (due → sent):  {self.send_lag.line()}",
                 f"  server CPU per request: {self.server_cpu_ms_per_request:.3f} ms",
+                *([f"  server handler time (its own metric): {self.handler.line()}"] if self.handler else []),
                 *([f"  baseline GET /healthz, same load: {self.baseline.line()}"] if self.baseline else []),
                 f"  target p99 ≤ {TARGET_P99_MS:g} ms at {TARGET_RPS} req/s: "
                 + ("met" if self.meets_target else "NOT met"),
@@ -182,11 +235,13 @@ async def measure(
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
         if warmup_s > 0:
             await open_loop(http, url, forms, rps, warmup_s)
+        histogram_before = await _handler_histogram(http, server.base)
         cpu_before = server.cpu_s()
         started = time.perf_counter()
         outcomes = await open_loop(http, url, forms, rps, seconds)
         elapsed = time.perf_counter() - started
         cpu_used = server.cpu_s() - cpu_before
+        handler = handler_time(histogram_before, await _handler_histogram(http, server.base))
         floor = None
         if baseline:
             checks = await open_loop(http, server.base + "/healthz", None, rps, seconds)
@@ -204,6 +259,7 @@ async def measure(
         achieved_rps=len(outcomes) / elapsed if elapsed > 0 else 0.0,
         server_cpu_ms_per_request=cpu_used * 1000 / max(1, len(outcomes)),
         baseline=floor,
+        handler=handler,
     )
 
 
