@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -81,6 +82,31 @@ def stream_url(base_url: str) -> str:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+MAX_FORM_FIELDS = 1000  # as Starlette's own form parser
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A webhook's POST form (a repeated name keeps its last value).
+
+    Twilio posts application/x-www-form-urlencoded: parsed here with urllib,
+    the way Starlette's parser decodes it (latin-1 bytes, then %-escapes as
+    UTF-8), ~10x faster than its byte-by-byte python-multipart state machine
+    (bench webhook: ~300 of ~700 µs per /twilio/voice). More than
+    MAX_FORM_FIELDS fields is a 400, as Starlette answers. Other content
+    types go to Starlette's parser."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        form = await request.form()
+        return {k: str(v) for k, v in form.items()}
+    body = (await request.body()).decode("latin-1")
+    try:
+        return dict(parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
+    except ValueError:
+        call_logger("-", "callstream.app").warning(
+            "%s %s: more than %d form fields: 400", request.method, request.url.path, MAX_FORM_FIELDS
+        )
+        raise HTTPException(400, f"Too many fields. Maximum number of fields is {MAX_FORM_FIELDS}.") from None
 
 
 def timed(route: str, handler: Handler) -> Handler:
