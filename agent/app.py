@@ -5,9 +5,9 @@ is set (DESIGN.md): webhooks sign the exact public URL plus the POST form,
 the WebSocket upgrade signs the exact `wss://host/path` with no params. A
 missing or wrong signature gets 403 and nothing is started.
 
-Twilio's webhook forms are a few kilobytes at most: a body over
-MAX_WEBHOOK_BYTES is refused with 413 before it is parsed (and is never
-read into memory past the limit).
+Webhook forms are read by agent/webhook_form.py: bounded (413 over
+MAX_WEBHOOK_BYTES) and parsed without python-multipart for Twilio's
+url-encoded posts.
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
 from agent.archive_callbacks import handle_recording_callback
@@ -37,6 +34,7 @@ from agent.ops_http import follow_feed, is_authorized, ops_routes
 from agent.session import CallSession
 from agent.settings import Settings
 from agent.shutdown import Drain
+from agent.webhook_form import read_form
 from agent.wiring import Services, build_services
 from twiml import documents
 from twiml.numbers import mask_number
@@ -47,31 +45,6 @@ log = logging.getLogger("callstream.app")
 TWIML = "text/xml"
 FALLBACK_TEXT = "We're sorry, an application error occurred. Please call again later."
 SSE_HEARTBEAT_S = 15.0
-MAX_WEBHOOK_BYTES = 64 * 1024  # Twilio's forms are small; anything this big is not Twilio
-
-
-async def read_form(request: Request, max_bytes: int = MAX_WEBHOOK_BYTES) -> dict[str, str]:
-    """The POST form as str values, read at most `max_bytes` into memory.
-
-    413 (HTTPException) for a body over the limit, whether it says so in
-    Content-Length or not (chunked); 400 for a multipart body Starlette
-    cannot parse. Another content type is an empty form, as in Starlette.
-    File parts are empty strings: Twilio never uploads files.
-    """
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
-        raise HTTPException(413, f"webhook body over {max_bytes} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise HTTPException(413, f"webhook body over {max_bytes} bytes")
-
-    async def replay() -> Message:
-        return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-    async with Request(request.scope, replay).form() as form:
-        return {k: v if isinstance(v, str) else "" for k, v in form.items()}
 
 
 def stream_url(base_url: str) -> str:
@@ -82,32 +55,6 @@ def stream_url(base_url: str) -> str:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-MAX_FORM_FIELDS = 1000  # as Starlette's own form parser
-
-
-async def read_form(request: Request) -> dict[str, str]:
-    """A webhook's POST form (a repeated name keeps its last value).
-
-    Twilio posts application/x-www-form-urlencoded: parsed here with urllib,
-    the way Starlette's parser decodes it (latin-1 bytes, then %-escapes as
-    UTF-8), ~10x faster than its byte-by-byte python-multipart state machine
-    (bench webhook: ~300 of ~700 µs per /twilio/voice). More than
-    MAX_FORM_FIELDS fields is a 400, as Starlette answers. Other content
-    types go to Starlette's parser."""
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        form = await request.form()
-        return {k: str(v) for k, v in form.items()}
-    body = (await request.body()).decode("latin-1")
-    try:
-        return dict(parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS))
-    except ValueError:
-        call_logger("-", "callstream.app").warning(
-            "%s %s: more than %d form fields: 400", request.method, request.url.path, MAX_FORM_FIELDS
-        )
-        raise HTTPException(400, f"Too many fields. Maximum number of fields is {MAX_FORM_FIELDS}.") from None
-
 
 def timed(route: str, handler: Handler) -> Handler:
     """Observe a webhook's handling time in callstream_webhook_latency_ms."""

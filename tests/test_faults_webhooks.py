@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from server import RunningServer, running_server
 
-from agent.app import MAX_WEBHOOK_BYTES
+from agent.webhook_form import MAX_WEBHOOK_BYTES
 from twiml.signature import sign
 
 TOKEN = "fuzz-auth-token"

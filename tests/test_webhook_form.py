@@ -1,4 +1,4 @@
-"""Webhook forms are parsed as Starlette parses them (agent/app.py `read_form`),
+"""Webhook forms are parsed as Starlette parses them (agent/webhook_form.py `read_form`),
 signatures included, and an oversized form gets Starlette's answer."""
 
 from __future__ import annotations
