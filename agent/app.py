@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket
 from agent.archive_callbacks import handle_recording_callback
 from agent.call_routes import call_routes, stream_document, stream_parameters
 from agent.logs import call_logger
-from agent.metrics import REGISTRY, WEBHOOK_MS
+from agent.metrics import REGISTRY, WEBHOOK_MS, watch_event_loop
 from agent.ops_http import follow_feed, is_authorized, ops_routes
 from agent.session import CallSession
 from agent.settings import Settings
@@ -95,12 +95,14 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         app.state.services = built
         log.info("callstream ready: webhook %s/twilio/voice, stream %s", base_url, stream_url(base_url))
         ops_book = asyncio.create_task(follow_feed(built), name="ops-calls")
+        loop_lag = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
         try:
             yield
         finally:
-            ops_book.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ops_book
+            for task in (ops_book, loop_lag):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if services is None:
                 await built.aclose()
 

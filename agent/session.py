@@ -370,6 +370,12 @@ class CallSession:
             now = self.now_ms
         metrics = self.metrics
         metrics.frames_in += 1
+        # lateness against the media timeline (CallMetrics): cheap, sampled
+        handled = time.monotonic() - media.timestamp / 1000
+        if handled < metrics.anchor_s:
+            metrics.anchor_s = handled
+        if metrics.frames_in % CallMetrics.LATENESS_SAMPLE_EVERY == 0:
+            metrics.lateness_s.append(handled - metrics.anchor_s)
         if metrics.frames_in % CallMetrics.FLUSH_EVERY_FRAMES == 0:
             metrics.flush(self.conn.errors)
         # a sensitive state (card or account digits) is not recorded: silence instead
