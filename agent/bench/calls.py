@@ -72,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-lateness-ms", type=float, default=100.0, help="kept up: frame lateness p99 under this")
     parser.add_argument("--url", help="a running server's base URL (http://host:port) instead of starting one")
     parser.add_argument("--pid", type=int, help="with --url: the server's pid, to read its CPU time")
-    parser.add_argument("--server-core", type=int, default=0, help="core the started server is pinned to")
+    parser.add_argument("--server-core", type=int, default=0,
+                        help="core the started server is pinned to (with --url: the core it runs on); "
+                        "the load generator uses the others")
     parser.add_argument("--workers", type=int, help="load generator processes (default: one per other core)")
 
 
@@ -159,7 +161,7 @@ def generator_cores(server_core: int | None) -> list[int]:
 
 def run_trial(args: argparse.Namespace, base_url: str, pid: int | None, calls: int) -> Trial:
     ws_url = "ws://" + base_url.split("://", 1)[1].rstrip("/") + "/twilio/media"
-    cores = generator_cores(args.server_core if not args.url else None)
+    cores = generator_cores(args.server_core)
     workers = max(1, min(args.workers or len(cores), calls))
     ctx = multiprocessing.get_context("spawn")
     procs, pipes = [], []
@@ -274,12 +276,28 @@ def machine() -> dict[str, Any]:
             "loadavg": os.getloadavg()}
 
 
+def check_server(base_url: str, pid: int | None) -> None:
+    """A server named by --url/--pid must be there before any call starts."""
+    if not base_url.startswith(("http://", "https://")):
+        raise SystemExit(f"bench calls: --url {base_url!r}: give the server's base URL, http://host:port")
+    try:
+        scrape(base_url)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"bench calls: no callstream metrics at {base_url}/metrics ({exc})") from None
+    if pid is not None:
+        try:
+            cpu_seconds(pid)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"bench calls: --pid {pid}: cannot read its CPU time ({exc})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.calls < 1 or args.seconds <= 0:
         raise SystemExit("bench calls: --calls must be at least 1 and --seconds above 0")
     server: ServerProcess | None = None
     if args.url:
         base_url, pid = args.url.rstrip("/"), args.pid
+        check_server(base_url, pid)
     else:
         server = start_server(args.server_core)
         base_url, pid = server.base_url, server.pid

@@ -217,7 +217,7 @@ class CallLink(asyncio.Protocol):
             self.ws.send_close(1000, "bench over")
         self._write()
 
-    def _on_server_message(self, data: bytes) -> None:
+    def _on_server_message(self, data: bytes | bytearray | memoryview) -> None:
         report = self.worker.report
         try:
             message = orjson.loads(data)
@@ -314,7 +314,7 @@ class LoadWorker:
             parts = urlsplit(self.plan.url)
             try:
                 await asyncio.get_running_loop().create_connection(
-                    lambda: link, parts.hostname, parts.port or 80
+                    lambda: link, parts.hostname or "127.0.0.1", parts.port or 80
                 )
             except OSError as exc:
                 self.call_failed(link, f"connect failed: {exc!r}")
