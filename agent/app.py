@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket
 from agent.archive_callbacks import handle_recording_callback
 from agent.call_routes import call_routes, stream_document, stream_parameters
 from agent.logs import call_logger
+from agent.media_lane import MEDIA_LANE, MediaWebSocketProtocol
 from agent.metrics import REGISTRY, WEBHOOK_MS, watch_event_loop
 from agent.ops_http import follow_feed, is_authorized, ops_routes
 from agent.session import CallSession
@@ -79,6 +80,10 @@ class StarletteMediaSocket:
 
     async def send(self, text: str) -> None:
         await self._ws.send_text(text)
+
+    async def send_all(self, texts: list[str]) -> None:
+        for text in texts:
+            await self._ws.send_text(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self._ws.close(code, reason)
@@ -178,7 +183,10 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
                 await websocket.close(code=1008)  # before accept: the handshake gets 403
                 return
         await websocket.accept()
-        session = CallSession(svc().session_deps(), StarletteMediaSocket(websocket))
+        # served by agent.media_lane.MediaWebSocketProtocol: the session skips the ASGI hops
+        lane = websocket.scope.get("extensions", {}).get(MEDIA_LANE)
+        socket = lane.direct() if isinstance(lane, MediaWebSocketProtocol) else StarletteMediaSocket(websocket)
+        session = CallSession(svc().session_deps(), socket)
         svc().sessions.add(session)
         try:
             await session.run()

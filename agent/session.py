@@ -111,6 +111,9 @@ class MediaSocket(Protocol):
 
     async def send(self, text: str) -> None: ...
 
+    async def send_all(self, texts: list[str]) -> None:
+        """Several messages in order (one write where the socket can)."""
+
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
@@ -244,8 +247,8 @@ class CallSession:
                 frames.append(extra)
             if self._closing:
                 return  # we closed the socket: nothing more goes to Twilio
-            for frame in frames:
-                await self._socket.send(frame)
+            if frames:
+                await self._socket.send_all(frames)
             self.metrics.messages_out += len(frames)
 
     def end_from_twilio(self, status: str) -> None:

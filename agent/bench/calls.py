@@ -107,6 +107,8 @@ class Trial:
     closed_by_server: int = 0
     server_cpu_pct: float | None = None  # of one core
     cpu_per_call_pct: float | None = None
+    cpu_us_per_frame: float | None = None  # server CPU over frames it handled
+    calls_per_core_at_this_cost: float | None = None  # 100 % / (CPU per frame × 50 frames/s): a projection
     lateness: dict[str, Any] = field(default_factory=dict)
     lateness_halves_p50: tuple[float, float] = (0.0, 0.0)
     loop_lag: dict[str, Any] = field(default_factory=dict)
@@ -123,7 +125,9 @@ class Trial:
 
     def lines(self) -> list[str]:
         cpu = "n/a (no --pid)" if self.server_cpu_pct is None else (
-            f"{self.server_cpu_pct:.1f} % of one core, {self.cpu_per_call_pct:.3f} % per call"
+            f"{self.server_cpu_pct:.1f} % of one core, {self.cpu_per_call_pct:.3f} % per call; "
+            f"{self.cpu_us_per_frame or 0:.0f} µs per frame handled "
+            f"(→ {self.calls_per_core_at_this_cost or 0:.0f} calls per core at that cost, a projection)"
         )
         gen = self.generator
         verdict = "KEPT UP" if self.kept_up else ("GENERATOR FELL BEHIND (says nothing about the server)"
@@ -230,16 +234,19 @@ def assess(args: argparse.Namespace, calls: int, reports: list[dict[str, Any]], 
     tick = summarize(ticks)
     trial.generator = {"workers": len(reports), "p50": tick.p50, "p99": tick.p99, "max": tick.max,
                        "cpu_pct": max(gen_cpu, default=0.0)}
+    trial.frames_handled = int(last[1].get("callstream_frames_in_total", 0) - first[1].get("callstream_frames_in_total", 0))
     if cpu_cores is not None:
         trial.server_cpu_pct = 100 * cpu_cores
         trial.cpu_per_call_pct = trial.server_cpu_pct / calls
+        if trial.frames_handled > 0:
+            trial.cpu_us_per_frame = 1e6 * cpu_cores * args.seconds / trial.frames_handled
+            trial.calls_per_core_at_this_cost = 1e6 / (trial.cpu_us_per_frame * 50)
     lateness = bucket_quantiles(bucket_delta(first[0], last[0], LATENESS))
     halves = (bucket_quantiles(bucket_delta(first[0], mid[0], LATENESS)),
               bucket_quantiles(bucket_delta(mid[0], last[0], LATENESS)))
     trial.lateness = lateness.as_dict()
     trial.lateness_halves_p50 = (halves[0].p50, halves[1].p50)
     trial.loop_lag = bucket_quantiles(bucket_delta(first[0], last[0], LOOP_LAG)).as_dict()
-    trial.frames_handled = int(last[1].get("callstream_frames_in_total", 0) - first[1].get("callstream_frames_in_total", 0))
     trial.bargeins = bucket_quantiles(bucket_delta(first[0], last[0], BARGEINS)).count
     trial.problems = problems(args, trial, lateness, halves)
     trial.generator_kept_up = tick.p99 <= GENERATOR_MAX_LATENESS_MS
