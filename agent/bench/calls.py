@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-core", type=int, default=0,
                         help="core the started server is pinned to (with --url: the core it runs on); "
                         "the load generator uses the others")
+    parser.add_argument("--floor", action="store_true",
+                        help="serve the bare json+base64+webrtcvad socket (agent/bench/calls_floor.py) instead: "
+                        "the floor to compare callstream with on this machine")
     parser.add_argument("--workers", type=int, help="load generator processes (default: one per other core)")
 
 
@@ -301,12 +304,14 @@ def check_server(base_url: str, pid: int | None) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.calls < 1 or args.seconds <= 0:
         raise SystemExit("bench calls: --calls must be at least 1 and --seconds above 0")
+    if args.floor and args.url:
+        raise SystemExit("bench calls: --floor starts its own server: not with --url")
     server: ServerProcess | None = None
     if args.url:
         base_url, pid = args.url.rstrip("/"), args.pid
         check_server(base_url, pid)
     else:
-        server = start_server(args.server_core)
+        server = start_server(args.server_core, floor=args.floor)
         base_url, pid = server.base_url, server.pid
     trials: list[Trial] = []
     try:
@@ -326,7 +331,8 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
     largest = max((t.calls for t in trials if t.kept_up), default=0)
-    result = {"machine": machine(), "server": "started, pinned to core "
+    what = "the floor socket (calls_floor.py)" if args.floor else "callstream serve"
+    result = {"machine": machine(), "server": f"{what}, started, pinned to core "
               f"{args.server_core}" if server is not None else args.url,
               "max_lateness_ms": args.max_lateness_ms, "trials": [asdict(t) for t in trials]}
     if args.search:
@@ -336,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         m = result["machine"]
+        print(f"server: {result['server']}")
         print(f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, "
               f"load average {m['loadavg'][0]:.2f} at the end")
         if args.search:

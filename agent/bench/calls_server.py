@@ -171,15 +171,20 @@ def server_env(folder: str, environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def start_server(core: int | None, *, ready_timeout_s: float = 60.0) -> ServerProcess:
+def start_server(core: int | None, *, floor: bool = False, ready_timeout_s: float = 60.0) -> ServerProcess:
     """`callstream serve` on a free loopback port, in a temporary folder (no
-    .env is read, the archive goes there), pinned to `core`."""
+    .env is read, the archive goes there), pinned to `core`; or with `floor`
+    the bare socket of agent/bench/calls_floor.py."""
     folder = tempfile.TemporaryDirectory(prefix="callstream-bench-")
     port = free_port()
     log = open(Path(folder.name) / "server.log", "wb")  # noqa: SIM115 - the child writes to it
-    process = subprocess.Popen(
+    command = (
+        [sys.executable, "-m", "agent.bench.calls_floor", str(port)] if floor else
         [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())",
-         "serve", "--host", "127.0.0.1", "--port", str(port)],
+         "serve", "--host", "127.0.0.1", "--port", str(port)]
+    )
+    process = subprocess.Popen(
+        command,
         cwd=folder.name,
         env=server_env(folder.name, os.environ),
         stdout=log,
