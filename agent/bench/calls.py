@@ -241,8 +241,11 @@ def assess(args: argparse.Namespace, calls: int, reports: list[dict[str, Any]], 
     if cpu_cores is not None:
         trial.server_cpu_pct = 100 * cpu_cores
         trial.cpu_per_call_pct = trial.server_cpu_pct / calls
-        if trial.frames_handled > 0:
-            trial.cpu_us_per_frame = 1e6 * cpu_cores * args.seconds / trial.frames_handled
+        # the counter is flushed per 50 frames of a call and scraped a moment
+        # after the window: never count more frames than were sent in it
+        frames = min(trial.frames_handled, trial.frames_sent) if trial.frames_sent else trial.frames_handled
+        if frames > 0:
+            trial.cpu_us_per_frame = 1e6 * cpu_cores * args.seconds / frames
             trial.calls_per_core_at_this_cost = 1e6 / (trial.cpu_us_per_frame * 50)
     lateness = bucket_quantiles(bucket_delta(first[0], last[0], LATENESS))
     halves = (bucket_quantiles(bucket_delta(first[0], mid[0], LATENESS)),
