@@ -39,6 +39,7 @@ import json
 import multiprocessing
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -194,13 +195,13 @@ def run_trial(args: argparse.Namespace, base_url: str, pid: int | None, calls: i
     _sleep_until(measure_from)
     cpu0 = cpu_seconds(pid) if pid else None
     t0 = time.monotonic()
-    first_scrape = scrape(base_url)
+    first_scrape = _scrape(base_url)
     _sleep_until(measure_from + args.seconds / 2)
-    mid_scrape = scrape(base_url)
+    mid_scrape = _scrape(base_url)
     _sleep_until(measure_to)
     cpu1 = cpu_seconds(pid) if pid else None
     t1 = time.monotonic()
-    last_scrape = scrape(base_url)
+    last_scrape = _scrape(base_url)
 
     reports = []
     for pipe in pipes:
@@ -211,6 +212,13 @@ def run_trial(args: argparse.Namespace, base_url: str, pid: int | None, calls: i
         proc.join(10)
     return assess(args, calls, reports, first_scrape, mid_scrape, last_scrape,
                   None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / (t1 - t0))
+
+
+def _scrape(base_url: str) -> Any:
+    try:
+        return scrape(base_url)
+    except (OSError, ValueError) as exc:  # the server died or hung under load
+        raise SystemExit(f"bench calls: the server stopped answering {base_url}/metrics ({exc})") from None
 
 
 def _sleep_until(t: float) -> None:
@@ -318,26 +326,43 @@ def run(args: argparse.Namespace) -> int:
         base_url, pid = server.base_url, server.pid
     trials: list[Trial] = []
     try:
-        if not args.search:
-            trials.append(run_trial(args, base_url, pid, args.calls))
-            _show(args, trials[-1])
-        else:
-            history: list[tuple[int, bool]] = []
-            while (n := next_calls(history, args.calls, args.max_calls)) is not None:
-                trial = run_trial(args, base_url, pid, n)
-                trials.append(trial)
-                _show(args, trial)
-                if not trial.generator_kept_up:
-                    break  # larger N would only measure the generator
-                history.append((n, trial.kept_up))
+        try:
+            _run_trials(args, base_url, pid, trials)
+        except SystemExit:
+            if server is not None and server.process.poll() is not None:
+                print(f"the server exited ({server.process.returncode}); its log ends:\n{server.log_tail()}",
+                      file=sys.stderr)
+            raise
     finally:
         if server is not None:
             server.stop()
+    return _report(args, server, trials)
+
+
+def _run_trials(args: argparse.Namespace, base_url: str, pid: int | None, trials: list[Trial]) -> None:
+    if not args.search:
+        trials.append(run_trial(args, base_url, pid, args.calls))
+        _show(args, trials[-1])
+        return
+    history: list[tuple[int, bool]] = []
+    while (n := next_calls(history, args.calls, args.max_calls)) is not None:
+        trial = run_trial(args, base_url, pid, n)
+        trials.append(trial)
+        _show(args, trial)
+        if not trial.generator_kept_up:
+            break  # larger N would only measure the generator
+        history.append((n, trial.kept_up))
+
+
+def _report(args: argparse.Namespace, server: ServerProcess | None, trials: list[Trial]) -> int:
     largest = max((t.calls for t in trials if t.kept_up), default=0)
     what = "the floor socket (calls_floor.py)" if args.floor else "callstream serve"
-    result = {"machine": machine(), "server": f"{what}, started, pinned to core "
-              f"{args.server_core}" if server is not None else args.url,
-              "max_lateness_ms": args.max_lateness_ms, "trials": [asdict(t) for t in trials]}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "server": f"{what}, started, pinned to core {args.server_core}" if server is not None else args.url,
+        "max_lateness_ms": args.max_lateness_ms,
+        "trials": [asdict(t) for t in trials],
+    }
     if args.search:
         result["largest_kept_up"] = largest
         result["search_stopped_by_generator"] = bool(trials) and not trials[-1].generator_kept_up
