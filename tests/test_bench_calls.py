@@ -12,7 +12,14 @@ import pytest
 
 from agent.bench.calls import next_calls
 from agent.bench.calls_load import base64_bytes, caller_tape, media_message
-from agent.bench.calls_server import bucket_delta, bucket_quantiles, parse_metrics, parse_proc_stat
+from agent.bench.calls_server import (
+    bucket_delta,
+    bucket_quantiles,
+    parse_metrics,
+    parse_proc_stat,
+    parse_schedstat,
+    run_queue_wait_seconds,
+)
 from twiml.messages import Media, encode_inbound, parse_message
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +46,7 @@ def test_three_calls_end_to_end_report_their_shape() -> None:
     assert trial["lateness"]["count"] > 0  # the server sampled its frame lateness
     assert trial["loop_lag"]["count"] > 0
     assert trial["server_cpu_pct"] is not None and trial["server_cpu_pct"] > 0
+    assert trial["cpu_us_per_frame"] > 0 and trial["core_wait_pct"] is not None
     assert trial["generator"]["workers"] >= 1
     assert isinstance(trial["kept_up"], bool)
     assert trial["marks_echoed"] > 0  # the greeting played and its marks came back
@@ -80,6 +88,12 @@ def test_proc_stat_fields_count_after_the_command() -> None:
     # a command with spaces and parentheses; utime=1234 stime=56
     stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 3 0 99 0 0"
     assert parse_proc_stat(stat) == 1290.0
+
+
+def test_schedstat_gives_the_run_queue_wait() -> None:
+    assert parse_schedstat("233205221 33467825 411\n") == pytest.approx(0.033467825)
+    assert run_queue_wait_seconds(os.getpid()) is not None
+    assert run_queue_wait_seconds(2**22 + 12345) is None  # no such process: unknown, not an error
 
 
 def test_quantiles_from_cumulative_buckets() -> None:

@@ -20,7 +20,10 @@ window of `--seconds`. Over the window the bench reads:
   agent/metrics.py), scraped at the start, middle and end of the window;
   p50/p99 are read off its buckets, max is the highest bucket hit;
 * event-loop lag: `callstream_event_loop_lag_ms` (a 100 ms timer's oversleep);
-* the generator's own lateness (how late its 5 ms ticks ran) and CPU.
+* the generator's own lateness (how late its 5 ms ticks ran) and CPU;
+* how long the server's event loop was runnable but waiting for its core
+  (/proc/PID/schedstat): above 5 % another process had the core, and the
+  report says lateness is the machine's as much as the server's.
 
 "Kept up": every call connected and stayed up, lateness p99 under
 `--max-lateness-ms`, no growing backlog (the second half's lateness p50 no
@@ -53,6 +56,7 @@ from agent.bench.calls_server import (
     bucket_delta,
     bucket_quantiles,
     cpu_seconds,
+    run_queue_wait_seconds,
     scrape,
     start_server,
 )
@@ -63,6 +67,7 @@ LOOP_LAG = "callstream_event_loop_lag_ms"
 BARGEINS = "callstream_bargein_latency_ms"
 GENERATOR_MAX_LATENESS_MS = 20.0  # one frame
 BACKLOG_GROWTH_MS = 10.0
+CONTENDED_WAIT_PCT = 5.0  # the server's core was not its own
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +118,7 @@ class Trial:
     closed_by_server: int = 0
     server_cpu_pct: float | None = None  # of one core
     cpu_per_call_pct: float | None = None
+    core_wait_pct: float | None = None  # server's event loop runnable but waiting for its core (others had it)
     cpu_us_per_frame: float | None = None  # server CPU over frames it handled
     calls_per_core_at_this_cost: float | None = None  # 100 % / (CPU per frame × 50 frames/s): a projection
     lateness: dict[str, Any] = field(default_factory=dict)
@@ -142,6 +148,7 @@ class Trial:
             f"{self.calls} calls, {self.seconds:.0f} s window: {verdict}",
             f"  calls: {self.connected} connected, {self.failed} failed, {self.closed_by_server} closed by the server",
             f"  server CPU: {cpu}",
+            f"  server waited for its core: {_pct(self.core_wait_pct)} of the window (runnable, another process ran)",
             f"  frame lateness (server): {_q(self.lateness)}; p50 first/second half "
             f"{self.lateness_halves_p50[0]:.1f}/{self.lateness_halves_p50[1]:.1f} ms",
             f"  event-loop lag (server): {_q(self.loop_lag)}",
@@ -154,6 +161,10 @@ class Trial:
         out += [f"  ! {p}" for p in self.problems]
         out += [f"  error: {e}" for e in self.errors[:5]]
         return out
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} %"
 
 
 def _q(d: dict[str, Any]) -> str:
@@ -196,12 +207,14 @@ def run_trial(args: argparse.Namespace, base_url: str, pid: int | None, calls: i
 
     _sleep_until(measure_from)
     cpu0 = cpu_seconds(pid) if pid else None
+    wait0 = run_queue_wait_seconds(pid) if pid else None
     t0 = time.monotonic()
     first_scrape = _scrape(base_url)
     _sleep_until(measure_from + args.seconds / 2)
     mid_scrape = _scrape(base_url)
     _sleep_until(measure_to)
     cpu1 = cpu_seconds(pid) if pid else None
+    wait1 = run_queue_wait_seconds(pid) if pid else None
     t1 = time.monotonic()
     last_scrape = _scrape(base_url)
 
@@ -212,8 +225,16 @@ def run_trial(args: argparse.Namespace, base_url: str, pid: int | None, calls: i
         reports.append(pipe.recv())
     for proc in procs:
         proc.join(10)
-    return assess(args, calls, reports, first_scrape, mid_scrape, last_scrape,
-                  None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / (t1 - t0))
+    trial = assess(args, calls, reports, first_scrape, mid_scrape, last_scrape,
+                   None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / (t1 - t0))
+    if wait0 is not None and wait1 is not None:
+        trial.core_wait_pct = 100 * (wait1 - wait0) / (t1 - t0)
+        if trial.core_wait_pct > CONTENDED_WAIT_PCT:
+            trial.problems.append(
+                f"the server waited {trial.core_wait_pct:.0f} % of the window for its core (other processes "
+                "had it): lateness here is the machine's as much as the server's"
+            )
+    return trial
 
 
 def _scrape(base_url: str) -> Any:

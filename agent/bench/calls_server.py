@@ -42,6 +42,22 @@ def cpu_seconds(pid: int) -> float:
         return parse_proc_stat(f.read()) / os.sysconf("SC_CLK_TCK")
 
 
+def parse_schedstat(text: str) -> float:
+    """Seconds spent runnable but waiting for a CPU, from /proc/PID/schedstat
+    ("time spent waiting on a runqueue", the second field, in ns)."""
+    return int(text.split()[1]) / 1e9
+
+
+def run_queue_wait_seconds(pid: int) -> float | None:
+    """How long the process's main thread (the event loop) waited for a core
+    while it had work: time another process had its core. None if unknown."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return parse_schedstat(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # --- metrics ------------------------------------------------------------------------------
 Buckets = dict[str, tuple[tuple[float, float], ...]]  # histogram → ((le, cumulative count), ...)
 Scrape = tuple[Buckets, dict[str, float]]  # histograms, plain samples (counters/gauges)
