@@ -14,7 +14,8 @@ seconds more (greetings synthesized, the loop settled), then the measured
 window of `--seconds`. Over the window the bench reads:
 
 * server CPU: utime+stime of the server process (/proc/PID/stat), as % of
-  one core, and per call;
+  one core, per call, and per frame handled (with a projection of the calls
+  one core could take at that cost);
 * frame lateness: the server's `callstream_frame_lateness_ms` histogram
   (how late it handled inbound frames against each call's media timeline,
   agent/metrics.py), scraped at the start, middle and end of the window;
@@ -30,6 +31,9 @@ window of `--seconds`. Over the window the bench reads:
 more than 10 ms above the first half's), and the generator itself on time
 (tick lateness p99 under one frame, 20 ms). A trial where the generator fell
 behind says nothing about the server and is reported as such.
+
+`--floor` serves agent/bench/calls_floor.py (a bare json + base64 +
+webrtcvad socket) instead of callstream: the floor on this machine.
 
 `--search` finds the largest N that keeps up: it doubles N from `--calls`
 until a trial fails, then bisects to within about 5 %. A trial where the
