@@ -120,3 +120,10 @@ def test_prebuilt_media_messages_are_twilios() -> None:
     assert built == encode_inbound(parsed)
     assert base64_bytes(tape[0]) == 160 == len(parsed.payload)
     assert base64_bytes("YQ==") == 1 and base64_bytes("YWI=") == 2 and base64_bytes("") == 0
+
+
+async def test_the_in_process_frame_cost_runs_a_real_session() -> None:
+    from agent.bench.calls_frame_cost import measure
+
+    parse_us, media_us = await measure(100)
+    assert parse_us > 0 and media_us > 0
