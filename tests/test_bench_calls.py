@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.bench.calls import next_calls
+from agent.bench.calls_frame_cost import measure
 from agent.bench.calls_load import base64_bytes, caller_tape, media_message
 from agent.bench.calls_server import (
     bucket_delta,
@@ -20,6 +21,7 @@ from agent.bench.calls_server import (
     parse_schedstat,
     run_queue_wait_seconds,
 )
+from agent.metrics import CALLS_ACTIVE
 from twiml.messages import Media, encode_inbound, parse_message
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +125,7 @@ def test_prebuilt_media_messages_are_twilios() -> None:
 
 
 async def test_the_in_process_frame_cost_runs_a_real_session() -> None:
-    from agent.bench.calls_frame_cost import measure
-
+    active = CALLS_ACTIVE._value.get()
     parse_us, media_us = await measure(100)
     assert parse_us > 0 and media_us > 0
+    assert CALLS_ACTIVE._value.get() == active  # the call ended: no session left counted as active

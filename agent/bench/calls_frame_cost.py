@@ -50,30 +50,37 @@ async def measure(frames: int) -> tuple[float, float]:
         services = await build_services(settings, "http://127.0.0.1:1")
         try:
             session = CallSession(services.session_deps(), NullSocket())
-            conn = session.conn
-            conn.receive_text(encode_inbound(Connected("Call", "1.0.0")))
-            start = conn.receive_text(encode_inbound(Start(
-                1, SID, "AC" + "b" * 32, "CA" + "c" * 32, ("inbound",), MediaFormat("audio/x-mulaw", 8000, 1), {},
-            )))
-            assert isinstance(start, Start)
-            await session._on_start(start)
-            await asyncio.sleep(2)  # the greeting is synthesized
-            tape, _ = caller_tape()
-            messages = [media_message(i + 2, i + 1, i * 20, tape[i % len(tape)], SID) for i in range(frames)]
-            parse = media = 0.0
-            for raw in messages:
-                t0 = time.perf_counter()
-                message = conn.receive_text(raw)
-                t1 = time.perf_counter()
-                assert type(message) is Media
-                session._on_media(message)
-                media += time.perf_counter() - t1
-                parse += t1 - t0
-                if conn.has_data_to_send:
-                    conn.data_to_send()  # what _flush would send
-            return parse / frames * 1e6, media / frames * 1e6
+            return await _feed(session, frames)
         finally:
             await services.aclose()
+
+
+async def _feed(session: CallSession, frames: int) -> tuple[float, float]:
+    try:
+        conn = session.conn
+        conn.receive_text(encode_inbound(Connected("Call", "1.0.0")))
+        start = conn.receive_text(encode_inbound(Start(
+            1, SID, "AC" + "b" * 32, "CA" + "c" * 32, ("inbound",), MediaFormat("audio/x-mulaw", 8000, 1), {},
+        )))
+        assert isinstance(start, Start)
+        await session._on_start(start)
+        await asyncio.sleep(2)  # the greeting is synthesized
+        tape, _ = caller_tape()
+        messages = [media_message(i + 2, i + 1, i * 20, tape[i % len(tape)], SID) for i in range(frames)]
+        parse = media = 0.0
+        for raw in messages:
+            t0 = time.perf_counter()
+            message = conn.receive_text(raw)
+            t1 = time.perf_counter()
+            assert type(message) is Media
+            session._on_media(message)
+            media += time.perf_counter() - t1
+            parse += t1 - t0
+            if conn.has_data_to_send:
+                conn.data_to_send()  # what _flush would send
+        return parse / frames * 1e6, media / frames * 1e6
+    finally:
+        await session._finish()  # the call ends as any does (calls_active back down, archived)
 
 
 def main() -> None:
