@@ -29,7 +29,8 @@ from starlette.websockets import WebSocket, WebSocketState
 from agent.archive_callbacks import handle_recording_callback
 from agent.call_routes import call_routes, stream_document, stream_parameters
 from agent.logs import call_logger
-from agent.metrics import REGISTRY, WEBHOOK_MS
+from agent.media_lane import MEDIA_LANE, MediaWebSocketProtocol
+from agent.metrics import REGISTRY, WEBHOOK_MS, watch_event_loop
 from agent.ops_http import follow_feed, is_authorized, ops_routes
 from agent.session import CallSession
 from agent.settings import Settings
@@ -85,6 +86,10 @@ class StarletteMediaSocket:
     async def send(self, text: str) -> None:
         await self._ws.send_text(text)
 
+    async def send_all(self, texts: list[str]) -> None:
+        for text in texts:
+            await self._ws.send_text(text)
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self._ws.close(code, reason)
 
@@ -112,12 +117,14 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
         app.state.services = built
         log.info("callstream ready: webhook %s/twilio/voice, stream %s", base_url, stream_url(base_url))
         ops_book = asyncio.create_task(follow_feed(built), name="ops-calls")
+        loop_lag = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
         try:
             yield
         finally:
-            ops_book.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ops_book
+            for task in (ops_book, loop_lag):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if services is None:
                 await built.aclose()
 
@@ -196,7 +203,9 @@ def create_app(settings: Settings, base_url: str, services: Services | None = No
                 await websocket.close(code=1008)  # before accept: the handshake gets 403
                 return
         await websocket.accept()
-        socket = StarletteMediaSocket(websocket)
+        # served by agent.media_lane.MediaWebSocketProtocol: the session skips the ASGI hops
+        lane = websocket.scope.get("extensions", {}).get(MEDIA_LANE)
+        socket = lane.direct() if isinstance(lane, MediaWebSocketProtocol) else StarletteMediaSocket(websocket)
         session = CallSession(svc().session_deps(), socket)
         svc().sessions.add(session)
         try:

@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.flow import FlowError
     from agent.flow_loader import load_flow
     from agent.logs import configure_logging
+    from agent.media_lane import MediaWebSocketProtocol
     from agent.shutdown import GracefulServer
 
     settings = _settings(args)
@@ -81,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
-        ws="websockets-sansio",
+        ws=MediaWebSocketProtocol,  # uvicorn's websockets-sansio plus the media lane
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from agent.media_lane import MediaWebSocketProtocol
+
 
 def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening socket (a free port by default), handed to uvicorn: no port race."""
@@ -29,7 +31,7 @@ def base_url_of(sock: socket.socket) -> str:
 @contextlib.asynccontextmanager
 async def serve_in_background(app: Any, sock: socket.socket) -> AsyncIterator[uvicorn.Server]:
     """Serve `app` with uvicorn on `sock` until the block ends."""
-    config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", ws=MediaWebSocketProtocol, lifespan="on", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -112,6 +112,9 @@ class MediaSocket(Protocol):
 
     async def send(self, text: str) -> None: ...
 
+    async def send_all(self, texts: list[str]) -> None:
+        """Several messages in order (one write where the socket can)."""
+
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 
@@ -258,8 +261,8 @@ class CallSession:
                 frames.append(extra)
             if self._closing:
                 return  # we closed the socket: nothing more goes to Twilio
-            for frame in frames:
-                await self._socket.send(frame)
+            if frames:
+                await self._socket.send_all(frames)
             self.metrics.messages_out += len(frames)
 
     def end_from_twilio(self, status: str) -> None:
@@ -429,6 +432,12 @@ class CallSession:
             now = self.now_ms
         metrics = self.metrics
         metrics.frames_in += 1
+        # lateness against the media timeline (CallMetrics): cheap, sampled
+        handled = time.monotonic() - media.timestamp / 1000
+        if handled < metrics.anchor_s:
+            metrics.anchor_s = handled
+        if metrics.frames_in % CallMetrics.LATENESS_SAMPLE_EVERY == 0:
+            metrics.lateness_s.append(handled - metrics.anchor_s)
         if metrics.frames_in % CallMetrics.FLUSH_EVERY_FRAMES == 0:
             metrics.flush(self.conn.errors)
         # a sensitive state (card or account digits) is not recorded: silence instead

@@ -109,6 +109,10 @@ class InProcessSocket:
             self.first_media.set()
         self.outbox.append(text)
 
+    async def send_all(self, texts: list[str]) -> None:
+        for text in texts:
+            await self.send(text)
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed = True
         self._inbox.put_nowait(None)  # the reader sees the socket gone
