@@ -214,5 +214,14 @@ async def test_metrics_count_calls_frames_and_bargeins():
         "callstream_bargein_latency_ms_count",
         "callstream_tts_first_audio_ms_count",
         'callstream_calls_total{reason="stop"}',
+        "callstream_frame_lateness_ms_count",
+        "callstream_event_loop_lag_ms_count",
     ):
         assert name in text, name
+    for family in (  # every family of agent/metrics.py is exposed
+        "calls_active", "calls_total", "frames_in_total", "messages_out_total", "malformed_messages_total",
+        "bargein_latency_ms", "response_latency_ms", "stt_final_latency_ms", "tts_first_audio_ms",
+        "webhook_latency_ms", "archive_queue_depth", "archive_failures_total", "frame_lateness_ms",
+        "event_loop_lag_ms", "feed_dropped_total",
+    ):
+        assert f"# TYPE callstream_{family} " in text, family
