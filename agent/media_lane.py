@@ -40,8 +40,8 @@ MEDIA_LANE = "callstream.media_lane"
 HIGH_WATER = 64  # unread messages before reading pauses (1.3 s of one call's audio)
 LOW_WATER = 16
 
-
 log = logging.getLogger("callstream.media_lane")
+
 
 class _NotifyingQueue(asyncio.Queue[Any]):
     """uvicorn's control-event queue (disconnects), waking the lane's reader."""
