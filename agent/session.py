@@ -29,12 +29,9 @@ webhook that follows the stream and the session closes the stream.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from agent import dialog_types as d
 from agent.archive_callbacks import recording_callback_url
@@ -46,17 +43,13 @@ from agent.events import (
     CallEndedEvent,
     CallStartedEvent,
     CallUpdateFailedEvent,
-    FeedEvent,
     LatencyEvent,
     TranscriptFinalEvent,
     TranscriptPartialEvent,
     TransitionEvent,
 )
-from agent.feed import Feed
-from agent.flow import Flow
 from agent.handoff import hand_on
-from agent.lockstep import LOCKSTEP_PARAMETER, is_sync_message, synced_message
-from agent.logs import call_logger
+from agent.lockstep import LOCKSTEP_PARAMETER
 from agent.metrics import (
     BARGEIN_MS,
     CALLS_ACTIVE,
@@ -67,304 +60,147 @@ from agent.metrics import (
     CallMetrics,
 )
 from agent.ports import (
-    ArchiveQueue,
     CallControl,
     CallControlError,
-    CallRecord,
-    CallStore,
     SpeechStartedHint,
     SpeechToText,
     SttEvent,
     SttFailure,
     SttStream,
-    TextToSpeech,
     Transcript,
 )
-from agent.rate_limit import MessageBudget
+from agent.session_end import CallJournal, StreamOrigin, archive_call, call_record
+from agent.session_socket import SessionSocket
+from agent.session_state import CallState, CallStats, MediaSocket, SessionDeps
 from agent.speaker import AgentVoice, Interrupted, Speaker
 from agent.speaker_twiml import CallbackUrls, TwimlSpeaker
-from agent.tasks import TaskSet
 from media import mulaw
 from media.frames import MULAW_SILENCE
 from media.recording import CallRecording
 from media.turns import SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
 from media.vad import VoiceActivity
 from twiml import documents
-from twiml.messages import Dtmf, Mark, Media, Start, Stop
+from twiml.messages import Dtmf, Mark, Media, Start
 from twiml.numbers import mask_number
 from twiml.stream import StreamConnection
 
 STATE_TTL_S = 6 * 3600
-TWILIO_END_GRACE_S = 1.0  # a stream Twilio says is over may still be delivering its `stop`
 
 log = logging.getLogger("callstream.session")
+
+__all__ = ["CallSession", "CallStats", "MediaSocket", "SessionDeps"]
 
 
 def _silence(n: int) -> bytes:
     return bytes([MULAW_SILENCE]) * n
 
 
-class MediaSocket(Protocol):
-    """The WebSocket as the session needs it (Starlette or websockets adapt to it)."""
-
-    async def receive(self) -> str | bytes | None:
-        """The next message, or None once the peer has gone."""
-
-    async def send(self, text: str) -> None: ...
-
-    async def send_all(self, texts: list[str]) -> None:
-        """Several messages in order (one write where the socket can)."""
-
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
-
-
-@dataclass(frozen=True)
-class SessionDeps:
-    flow: Flow
-    tts: TextToSpeech
-    stt: SpeechToText | None
-    call_control: CallControl | None
-    store: CallStore
-    feed: Feed
-    base_url: str  # https://host as Twilio reaches us (action URLs)
-    end_silence_ms: int = 700
-    vad_aggressiveness: int = 2
-    archive: ArchiveQueue | None = None
-    stt_fallback: SpeechToText | None = None  # takes over when `stt` fails for good
-    tts_fallback: TextToSpeech | None = None  # speaks a prompt `tts` could not
-    speech: str = "stream"  # CALLSTREAM_SPEECH: stream | twiml
-    max_messages_per_s: int = 0  # CALLSTREAM_MAX_MESSAGES_PER_S (0: no limit)
-    start_timeout_s: float = 10.0  # CALLSTREAM_START_TIMEOUT_S
-
-
-@dataclass
-class CallStats:
-    bargeins: list[int] = field(default_factory=list)  # latency ms (media timeline)
-    response_ms: list[float] = field(default_factory=list)  # STT final → first audio out (wall)
-
-
 class CallSession:
     def __init__(self, deps: SessionDeps, socket: MediaSocket) -> None:
         self._deps = deps
         self._socket = socket
+        self._state = state = CallState()
+        self._journal = CallJournal(state, deps.feed)
         self.conn = StreamConnection()
-        self.call_sid = "-"
-        self.log: logging.LoggerAdapter[logging.Logger] = call_logger("-", "callstream.session")
         self.stats = CallStats()
         self.metrics = CallMetrics()
+        self._io = SessionSocket(
+            state, socket, self.conn, self.metrics,
+            max_messages_per_s=deps.max_messages_per_s, start_timeout_s=deps.start_timeout_s,
+        )
         self.recording = CallRecording()
-        self.stream_sid = ""
-        self.account_sid = ""
-        self._from = self._to = ""
-        self._started_at_ms = int(time.time() * 1000)
-        self._events: list[FeedEvent] = []
+        self._origin = StreamOrigin(started_at_ms=int(time.time() * 1000))
         self._say_requested: dict[int, float] = {}
-        self.now_ms = 0
-        self.outcome: str | None = None
-        self.end_reason = "socket_closed"
-        self._tasks = TaskSet(self.log)
         self._vad = VoiceActivity(aggressiveness=deps.vad_aggressiveness)
         self._turns = TurnDetector(TurnConfig(end_silence_ms=deps.end_silence_ms))
-        self._speaker: AgentVoice | None = None
         self._control: CallControl | None = deps.call_control
         self._handoff: str | None = None  # twiml mode: a hand-on that answers Twilio's callback
-        self._reader: asyncio.Task[None] | None = None
-        self._reading = False
-        self._cut: tuple[int, str] | None = None  # why the reader was cancelled: the close it ends with
-        self._end_timer: asyncio.TimerHandle | None = None
-        self._start_timer: asyncio.TimerHandle | None = None
-        self._budget = (
-            MessageBudget(deps.max_messages_per_s, time.monotonic()) if deps.max_messages_per_s > 0 else None
-        )
         self._engine: DialogEngine | None = None
         self._stt: SttStream | None = None
         self._phrases: tuple[str, ...] = ()
         self._on_fallback_stt = False
         self._early_turns = 0  # turns the recognizer closed before our detector did
         self._speaking_since_ms = 0  # media time the agent's current speech began
-        self._deadline: int | None = None
         self._sensitive = False
         self._call_parameters: dict[str, str] = {}  # From/To/CallSid as the stream started
-        self._continuation = False  # a resumed stream of the call (archived in its own sub-folder)
-        self._lockstep = False
         self._open_turns: deque[tuple[bool, float]] = deque()  # ended turns awaiting a final: (too short?, when)
         self._turn_text: list[str] = []
         self._final_seen_at: float | None = None
-        self._closing = False
-        self._close_with: tuple[int, str] | None = None  # the reader closes with this
-        self._send_lock = asyncio.Lock()
+
+    # --- what tests, benchmarks and the app read -------------------------------------
+    @property
+    def call_sid(self) -> str:
+        return self._state.call_sid
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        return self._state.log
+
+    @property
+    def now_ms(self) -> int:
+        """The session clock: the end of the latest inbound frame (media timeline)."""
+        return self._state.now_ms
+
+    @property
+    def end_reason(self) -> str:
+        return self._state.end_reason
+
+    @property
+    def outcome(self) -> str | None:
+        """Where the call was handed on (transfer:…, conference:…, voicemail, hangup, moved)."""
+        return self._state.outcome
+
+    @property
+    def stream_sid(self) -> str:
+        return self._origin.stream_sid
 
     # --- the reader ------------------------------------------------------------
     async def run(self) -> None:
         """Serve the stream until `stop`, the socket closes, the call is handed
         on, or Twilio says the call is over (`end_from_twilio`)."""
-        self._reader = asyncio.current_task()
-        self._start_timer = asyncio.get_running_loop().call_later(
-            self._deps.start_timeout_s, self._start_timed_out
-        )
         try:
-            try:
-                self._reading = True
-                await self._read_loop()
-            except asyncio.CancelledError:
-                if self._cut is None:
-                    raise
-                if self._reader is not None:
-                    self._reader.uncancel()
-                self._close_with = self._cut
-            finally:
-                self._reading = False
-            if self._close_with is not None:
-                await self._close_socket(*self._close_with)
+            await self._io.serve(self._on_media, self._on_start, self._on_dtmf, self._on_mark, self._settle)
         except Exception:
-            self.end_reason = "error"
-            self.log.exception("call session failed")
-            await self._close_socket(1011, "internal error")
+            self._state.end_reason = "error"
+            self._state.log.exception("call session failed")
+            await self._io.close(1011, "internal error")
         finally:
             await self._finish()
-
-    async def _read_loop(self) -> None:
-        conn = self.conn
-        while not self._closing and self._close_with is None:
-            raw = await self._socket.receive()
-            if raw is None:
-                return
-            budget = self._budget
-            if budget is not None and not budget.take() and self._rate_limited(budget):
-                continue
-            if self._lockstep and is_sync_message(raw):
-                await self._answer_sync(raw)
-                continue
-            message = conn.receive_text(raw)
-            if type(message) is Media:
-                self._on_media(message)
-            elif message is None:
-                self._on_rejected()
-            elif isinstance(message, Start):
-                await self._on_start(message)
-            elif isinstance(message, Dtmf):
-                self._on_dtmf(message)
-            elif isinstance(message, Mark):
-                self._on_mark(message)
-            elif isinstance(message, Stop):
-                self.end_reason = self.outcome or "stop"
-                return
-            if conn.has_data_to_send:
-                await self._flush()
-
-    async def _flush(self, extra: str | None = None) -> None:
-        """Send what the connection queued. The reader and synthesis tasks both
-        flush; the lock keeps each batch (media then its mark) in order."""
-        async with self._send_lock:
-            frames = self.conn.data_to_send()
-            if extra is not None:
-                frames.append(extra)
-            if self._closing:
-                return  # we closed the socket: nothing more goes to Twilio
-            if frames:
-                await self._socket.send_all(frames)
-            self.metrics.messages_out += len(frames)
 
     def end_from_twilio(self, status: str) -> None:
         """Twilio reported the call over (a status callback) while this stream
         is still open. Its `stop` may be on the way: give it a moment, then
         stop reading rather than wait on a socket that may never speak again."""
-        if self._reading and not self._closing and self._end_timer is None:
-            loop = asyncio.get_running_loop()
-            self._end_timer = loop.call_later(TWILIO_END_GRACE_S, self._cut_reader, status)
-
-    def _cut_reader(self, status: str) -> None:
-        self._end_timer = None
-        if not self._reading or self._closing or self._reader is None:
-            return
-        self.log.warning("Twilio says the call is %s but its stream is still open: ending it", status)
-        self.end_reason = f"status:{status}"
-        self._cut = (1000, "call ended")
-        self._reader.cancel()
-
-    def _start_timed_out(self) -> None:
-        """No usable `start` within CALLSTREAM_START_TIMEOUT_S: Twilio sends
-        `connected` and `start` as soon as the socket opens, so this peer is
-        not a Twilio stream we can serve. Close with 1008 (policy violation)."""
-        self._start_timer = None
-        if self.conn.start is not None or not self._reading or self._closing or self._reader is None:
-            return
-        self.conn.errors["start_timeout"] += 1
-        self.log.warning(
-            "no start message within %g s (%d messages rejected): closing the socket (1008)",
-            self._deps.start_timeout_s, sum(self.conn.errors.values()) - 1,
-        )
-        self.end_reason = "start_timeout"
-        self._cut = (1008, "no start message")
-        self._reader.cancel()
-
-    def _rate_limited(self, budget: MessageBudget) -> bool:
-        """The message budget ran dry (agent/rate_limit.py): refill it from the
-        clock; True if this message is dropped. Dropped messages are counted
-        as `rate_limited`; more than a second's worth dropped closes the
-        socket with 1008. Lockstep replays are exempt (see `_on_start`)."""
-        if budget.take_at(time.monotonic()):
-            return False
-        errors = self.conn.errors
-        errors["rate_limited"] += 1
-        dropped = errors["rate_limited"]
-        if dropped == 1:
-            self.log.warning(
-                "more than %d messages/s from Twilio's side: dropping messages over the limit",
-                budget.per_s,
-            )
-        if dropped > budget.per_s:
-            self.log.error("%d messages dropped over the rate limit: closing the socket (1008)", dropped)
-            self.end_reason = "rate_limited"
-            self._close_with = (1008, "message rate limit exceeded")
-        return True
-
-    def _on_rejected(self) -> None:
-        if self.conn.unusable is not None:
-            # Twilio sends one start per stream: without a usable one there is no call
-            self.log.error("stream cannot be used (%s): closing", self.conn.unusable)
-            self.end_reason = "unsupported_format"
-            self._close_with = (1003, "unsupported media format")
-            return
-        error = self.conn.last_error
-        kind = error.kind if error is not None else "unknown"
-        count = self.conn.errors[kind]
-        # log the first few of a kind, then every 100th: a broken peer must not flood the log
-        if count <= 3 or count % 100 == 0:
-            self.log.warning("rejected Twilio message (%s, %d so far): %s", kind, count, error)
+        self._io.end_from_twilio(status)
 
     # --- start ------------------------------------------------------------------
     async def _on_start(self, start: Start) -> None:
         deps = self._deps
-        self.call_sid = start.call_sid
-        self.log = call_logger(start.call_sid, "callstream.session")
-        self._tasks = TaskSet(self.log)
+        self._state.name(start.call_sid)
         params = dict(start.custom_parameters)
-        self._lockstep = params.get(LOCKSTEP_PARAMETER) == "1"
-        if self._start_timer is not None:
-            self._start_timer.cancel()
-            self._start_timer = None
-        if self._lockstep:
-            # a lockstep replay waits for our `synced` answer before it sends
-            # more, so our own pace bounds its rate: no message budget
-            self._budget = None
-        self._speaker = self._make_speaker()
-        self.stream_sid, self.account_sid = start.stream_sid, start.account_sid
-        self._from, self._to = mask_number(params.get("From", "")), mask_number(params.get("To", ""))
-        self._call_parameters = {k: params[k] for k in ("From", "To", "CallSid") if k in params}
-        self._started_at_ms = int(time.time() * 1000)
-        CALLS_ACTIVE.inc()
+        lockstep = params.get(LOCKSTEP_PARAMETER) == "1"
+        self._io.started(lockstep)
+        self._state.speaker = self._make_speaker()
         resume = params.get("resume_state") or None
         transfer_status = params.get("transfer_status") or None
-        self._continuation = bool(resume or transfer_status)
+        self._origin = StreamOrigin(
+            stream_sid=start.stream_sid,
+            account_sid=start.account_sid,
+            from_=mask_number(params.get("From", "")),
+            to=mask_number(params.get("To", "")),
+            started_at_ms=int(time.time() * 1000),
+            continuation=bool(resume or transfer_status),
+        )
+        self._call_parameters = {k: params[k] for k in ("From", "To", "CallSid") if k in params}
+        CALLS_ACTIVE.inc()
         snapshot = None
         if resume or transfer_status:
             try:
                 snapshot = await deps.store.load(start.call_sid)
             except Exception as exc:  # e.g. Redis away: the call goes on, from the start
-                self.log.error("could not load the saved dialog state (%r)", exc)
+                self._state.log.error("could not load the saved dialog state (%r)", exc)
             if snapshot is None:
-                self.log.warning("no saved dialog state to resume: starting the flow over")
+                self._state.log.warning("no saved dialog state to resume: starting the flow over")
         if snapshot is not None:
             self._engine = DialogEngine.restore(deps.flow, start.call_sid, snapshot)
         else:
@@ -373,16 +209,16 @@ class CallSession:
             try:
                 self._stt = await deps.stt.open_stream(start.call_sid, self._on_stt_event)
             except Exception:
-                self.log.exception("speech recognition unavailable: the call goes on with DTMF only")
-        self.log.info(
+                self._state.log.exception("speech recognition unavailable: the call goes on with DTMF only")
+        self._state.log.info(
             "call started: stream %s from %s to %s%s%s",
             start.stream_sid,
             mask_number(params.get("From", "")),
             mask_number(params.get("To", "")),
             f", resuming at {resume}" if resume else "",
-            " (replay lockstep)" if self._lockstep else "",
+            " (replay lockstep)" if lockstep else "",
         )
-        self._publish(
+        self._journal.publish(
             CallStartedEvent,
             stream_sid=start.stream_sid,
             from_=mask_number(params.get("From", "")),
@@ -390,13 +226,13 @@ class CallSession:
             flow=deps.flow.name,
         )
         if transfer_status and snapshot is not None and self._engine.phase is Phase.TRANSFERRING:
-            self.log.info("transfer ended %s: resuming the dialog", transfer_status)
+            self._state.log.info("transfer ended %s: resuming the dialog", transfer_status)
             self._dialog(d.TransferFailed(transfer_status))
         else:
             if transfer_status and snapshot is not None:
                 # the saved state is not a transfer (a duplicate dial-result, or
                 # the call moved on): re-enter it rather than stay silent
-                self.log.warning("transfer result %s but no transfer in progress: resuming", transfer_status)
+                self._state.log.warning("transfer result %s but no transfer in progress: resuming", transfer_status)
             self._dialog(d.CallStarted(resume_state=resume))
 
     def _make_speaker(self) -> AgentVoice:
@@ -405,31 +241,32 @@ class CallSession:
             if self._control is not None:
                 self._control = SerialCallControl(self._control)
             return TwimlSpeaker(
-                self.call_sid,
+                self._state.call_sid,
                 self._control if isinstance(self._control, SerialCallControl) else None,
                 CallbackUrls(deps.base_url),
-                self._tasks.spawn,
-                clock=lambda: self.now_ms,
+                self._state.tasks.spawn,
+                clock=lambda: self._state.now_ms,
                 on_update_failed=self._on_speech_update_failed,
-                log=self.log,
+                log=self._state.log,
             )
         return Speaker(
             self.conn,
             deps.tts,
-            self._tasks.spawn,
+            self._state.tasks.spawn,
             on_audio=self._on_tts_audio,
             recording=self.recording,
-            log=self.log,
+            log=self._state.log,
             fallback=deps.tts_fallback,
         )
 
     # --- the per-frame path ----------------------------------------------------------
     def _on_media(self, media: Media) -> None:
+        state = self._state
         now = media.timestamp + 20
-        if now > self.now_ms:
-            self.now_ms = now
+        if now > state.now_ms:
+            state.now_ms = now
         else:
-            now = self.now_ms
+            now = state.now_ms
         metrics = self.metrics
         metrics.frames_in += 1
         # lateness against the media timeline (CallMetrics): cheap, sampled
@@ -448,17 +285,18 @@ class CallSession:
             self._stt.feed(media.payload, pcm, now)
         if turn is not None:
             self._on_turn(turn, now)
-        speaker = self._speaker
+        speaker = state.speaker
         if speaker is not None and speaker.speaking:
             speaker.pump(now)
             if speaker.has_finished:
                 self._on_prompts_finished()
-        if self._deadline is not None and now >= self._deadline:
+        deadline = state.deadline
+        if deadline is not None and now >= deadline:
             self._dialog(d.Tick())
 
     def _on_turn(self, turn: SpeechStarted | SpeechEnded, now: int) -> None:
         if isinstance(turn, SpeechStarted):
-            speaker = self._speaker
+            speaker = self._state.speaker
             if speaker is not None and speaker.speaking and speaker.barge_in_allowed:
                 self._barge_in(now - turn.onset_ms, now)
             self._dialog(d.CallerSpeechStarted())
@@ -470,16 +308,16 @@ class CallSession:
                 self._on_turn_final("", 0.0, turn.onset_ms, now)
 
     def _barge_in(self, latency_ms: int, now: int) -> None:
-        assert self._speaker is not None
-        interrupted = self._speaker.interrupt(now)
+        assert self._state.speaker is not None
+        interrupted = self._state.speaker.interrupt(now)
         self.stats.bargeins.append(latency_ms)
         BARGEIN_MS.observe(latency_ms)
         for cut in interrupted:
-            self.log.info(
+            self._state.log.info(
                 "barge-in after %d ms of speech: say %d cut, caller heard %d of %d ms",
                 latency_ms, cut.say.say_id, cut.heard_ms, cut.total_ms,
             )
-            self._publish(BargeInEvent, latency_ms=latency_ms, say_id=cut.say.say_id, heard_ms=cut.heard_ms)
+            self._journal.publish(BargeInEvent, latency_ms=latency_ms, say_id=cut.say.say_id, heard_ms=cut.heard_ms)
             self._publish_agent_turn(cut)
         for cut in interrupted:
             self._dialog(d.PromptInterrupted(cut.say.say_id, cut.heard_ms))
@@ -489,28 +327,28 @@ class CallSession:
         self._on_key(dtmf.digit)
 
     def _on_key(self, digit: str) -> None:
-        speaker = self._speaker
+        speaker = self._state.speaker
         if speaker is not None and speaker.speaking and speaker.barge_in_allowed:
-            self._barge_in(0, self.now_ms)
-        self.log.info("DTMF %s", "*" if self._sensitive else digit)
-        self._publish(ActionEvent, action="dtmf", detail={"digit": "*" if self._sensitive else digit})
+            self._barge_in(0, self._state.now_ms)
+        self._state.log.info("DTMF %s", "*" if self._sensitive else digit)
+        self._journal.publish(ActionEvent, action="dtmf", detail={"digit": "*" if self._sensitive else digit})
         self._dialog(d.DtmfPressed(digit))
 
     def _on_mark(self, mark: Mark) -> None:
-        if self._speaker is None or not self._speaker.on_mark(mark.name):
-            self.log.warning("mark %r is not one we sent", mark.name)
+        if self._state.speaker is None or not self._state.speaker.on_mark(mark.name):
+            self._state.log.warning("mark %r is not one we sent", mark.name)
             return
         self._on_prompts_finished()
 
     def _on_prompts_finished(self) -> None:
-        assert self._speaker is not None
-        for done in self._speaker.take_finished():
-            self._publish(
+        assert self._state.speaker is not None
+        for done in self._state.speaker.take_finished():
+            self._journal.publish(
                 TranscriptFinalEvent,
                 speaker="agent",
                 text=done.say.log_text,
-                end_ms=self.now_ms,
-                start_ms=max(0, self.now_ms - done.total_ms),
+                end_ms=self._state.now_ms,
+                start_ms=max(0, self._state.now_ms - done.total_ms),
                 heard_ms=done.total_ms,
             )
             self._dialog(d.PromptFinished(done.say.say_id))
@@ -518,9 +356,9 @@ class CallSession:
     async def _on_tts_audio(self, say: d.Say, first: bool) -> None:
         """Synthesis produced audio: send what pacing allows now rather than at
         the next inbound frame (this is the turn's response latency)."""
-        if self._closing or self._speaker is None:
+        if self._state.closing or self._state.speaker is None:
             return
-        self._speaker.pump(self.now_ms)
+        self._state.speaker.pump(self._state.now_ms)
         if first:
             requested = self._say_requested.pop(say.say_id, None)
             if requested is not None:
@@ -529,30 +367,30 @@ class CallSession:
             response_ms = (time.perf_counter() - self._final_seen_at) * 1000
             self.stats.response_ms.append(response_ms)
             RESPONSE_MS.observe(response_ms)
-            self._publish(LatencyEvent, name="response", ms=round(response_ms, 2))
+            self._journal.publish(LatencyEvent, name="response", ms=round(response_ms, 2))
             self._final_seen_at = None
         if self.conn.has_data_to_send:
-            await self._flush()
+            await self._io.flush()
 
     def _publish_agent_turn(self, cut: Interrupted) -> None:
-        self._publish(
+        self._journal.publish(
             TranscriptFinalEvent,
             speaker="agent",
             text=cut.heard_text,
-            start_ms=max(0, self.now_ms - cut.heard_ms),
-            end_ms=self.now_ms,
+            start_ms=max(0, self._state.now_ms - cut.heard_ms),
+            end_ms=self._state.now_ms,
             interrupted=True,
             heard_ms=cut.heard_ms,
         )
 
     # --- speech recognition ------------------------------------------------------------
     def _on_stt_event(self, event: SttEvent) -> None:
-        if self._closing:
+        if self._state.closing:
             return
         if isinstance(event, Transcript):
             if not event.is_final:
                 if event.text:
-                    self._publish(TranscriptPartialEvent, text=self._redact(event.text))
+                    self._journal.publish(TranscriptPartialEvent, text=self._redact(event.text))
                 return
             if event.text:
                 self._turn_text.append(event.text)
@@ -565,7 +403,7 @@ class CallSession:
             # of it and our VAD comes first cuts the agent off, the other finds
             # nothing playing. A hint about speech that began before the agent
             # started talking is stale.
-            speaker = self._speaker
+            speaker = self._state.speaker
             if (
                 event.barge_in
                 and speaker is not None
@@ -573,8 +411,8 @@ class CallSession:
                 and speaker.barge_in_allowed
                 and event.at_ms >= self._speaking_since_ms
             ):
-                self.log.info("barge-in on the recognizer's speech-started hint")
-                self._barge_in(max(0, self.now_ms - event.at_ms), self.now_ms)
+                self._state.log.info("barge-in on the recognizer's speech-started hint")
+                self._barge_in(max(0, self._state.now_ms - event.at_ms), self._state.now_ms)
         elif isinstance(event, SttFailure):
             self._on_stt_failure(event)
 
@@ -582,22 +420,22 @@ class CallSession:
         """A retryable failure is the provider's to recover from; for good, the
         call goes on with the fallback recognizer (sphinx) rather than deaf."""
         if event.retryable:
-            self.log.warning("speech recognition interrupted (%s): it retries", event.reason)
+            self._state.log.warning("speech recognition interrupted (%s): it retries", event.reason)
             return
         fallback = self._deps.stt_fallback
-        if fallback is None or self._on_fallback_stt or self._closing:
-            self.log.error("speech recognition failed (%s): caller speech is not understood", event.reason)
+        if fallback is None or self._on_fallback_stt or self._state.closing:
+            self._state.log.error("speech recognition failed (%s): caller speech is not understood", event.reason)
             return
-        self.log.error("speech recognition failed (%s): falling back to %s", event.reason, fallback.name)
+        self._state.log.error("speech recognition failed (%s): falling back to %s", event.reason, fallback.name)
         self._on_fallback_stt = True
-        self._tasks.spawn(self._switch_stt(fallback), "stt-fallback")
+        self._state.tasks.spawn(self._switch_stt(fallback), "stt-fallback")
 
     async def _switch_stt(self, fallback: SpeechToText) -> None:
         failed, self._stt = self._stt, None
         if failed is not None:
             await failed.aclose()
-        stream = await fallback.open_stream(self.call_sid, self._on_stt_event)
-        if self._closing:
+        stream = await fallback.open_stream(self._state.call_sid, self._on_stt_event)
+        if self._state.closing:
             await stream.aclose()
             return
         stream.set_phrases(self._phrases)
@@ -624,14 +462,14 @@ class CallSession:
             if self._early_turns:
                 self._early_turns -= 1
                 if not text:
-                    self.log.debug("turn already closed by the recognizer")
+                    self._state.log.debug("turn already closed by the recognizer")
                     return
         if too_short and not text:
-            self.log.debug("a sound too short to be speech: ignored")
+            self._state.log.debug("a sound too short to be speech: ignored")
             self._dialog(d.CallerSpeechAbandoned())
             return
-        self.log.info("caller said %r (confidence %.2f)", self._redact(text), confidence)
-        self._publish(
+        self._state.log.info("caller said %r (confidence %.2f)", self._redact(text), confidence)
+        self._journal.publish(
             TranscriptFinalEvent,
             speaker="caller",
             text=self._redact(text),
@@ -650,33 +488,33 @@ class CallSession:
         engine = self._engine
         if engine is None:
             return
-        actions = engine.handle(event, self.now_ms)
-        self._deadline = engine.next_deadline()
+        actions = engine.handle(event, self._state.now_ms)
+        self._state.deadline = engine.next_deadline()
         for action in actions:
             self._carry_out(action)
 
     def _carry_out(self, action: d.Action) -> None:
         match action:
             case d.Say():
-                assert self._speaker is not None
-                if not self._speaker.speaking:
-                    self._speaking_since_ms = self.now_ms
-                self.log.info("say %d in %s: %r", action.say_id, action.state, action.log_text)
+                assert self._state.speaker is not None
+                if not self._state.speaker.speaking:
+                    self._speaking_since_ms = self._state.now_ms
+                self._state.log.info("say %d in %s: %r", action.say_id, action.state, action.log_text)
                 self._say_requested[action.say_id] = time.perf_counter()
-                self._publish(ActionEvent, action="say", detail={"say_id": action.say_id, "text": action.log_text})
-                self._speaker.say(action)
+                self._journal.publish(ActionEvent, action="say", detail={"say_id": action.say_id, "text": action.log_text})
+                self._state.speaker.say(action)
             case d.Listen():
                 self._sensitive = action.sensitive
                 self._phrases = action.phrases
                 if self._stt is not None:
                     self._stt.set_phrases(action.phrases)
             case d.Transition():
-                self.log.info("%s → %s (%s)", action.from_state, action.to_state, action.intent)
-                self._publish(TransitionEvent, from_=action.from_state, to=action.to_state, intent=action.intent)
-                self._tasks.spawn(self._save_state(), "save-state")
+                self._state.log.info("%s → %s (%s)", action.from_state, action.to_state, action.intent)
+                self._journal.publish(TransitionEvent, from_=action.from_state, to=action.to_state, intent=action.intent)
+                self._state.tasks.spawn(self._save_state(), "save-state")
             case d.SlotFilled():
-                self.log.info("slot %s = %s", action.name, action.log_value)
-                self._publish(ActionEvent, action="slot", detail={"name": action.name, "value": action.log_value})
+                self._state.log.info("slot %s = %s", action.name, action.log_value)
+                self._journal.publish(ActionEvent, action="slot", detail={"name": action.name, "value": action.log_value})
             case d.Transfer():
                 twiml = documents.dial(
                     action.to,
@@ -709,65 +547,65 @@ class CallSession:
         """Where Twilio reports a recording it made of this call (the archive fetches it)."""
         if self._deps.archive is None:
             return None
-        return recording_callback_url(self._deps.base_url, kind, self.call_sid, self._started_at_ms)
+        return recording_callback_url(self._deps.base_url, kind, self._state.call_sid, self._origin.started_at_ms)
 
     def _hand_on(self, outcome: str, twiml: str | None, detail: dict[str, object]) -> None:
         """Move the live call on (REST update); Twilio then stops this stream."""
-        self.outcome = outcome
+        self._state.outcome = outcome
         kind = outcome.split(":", 1)[0]
-        self._publish(ActionEvent, action=kind, detail=detail)
-        speaker = self._speaker
+        self._journal.publish(ActionEvent, action=kind, detail=detail)
+        speaker = self._state.speaker
         if isinstance(speaker, TwimlSpeaker):
             # the one-way fork outlives TwiML changes: stop it, or we would listen in
             twiml = documents.stream_stopped_first(twiml or documents.hangup())
             if speaker.is_answering:
-                self.log.info("%s: answering Twilio's callback with it", kind)
+                self._state.log.info("%s: answering Twilio's callback with it", kind)
                 self._handoff = twiml
                 return
-        self.log.info("%s: updating the live call", kind)
-        self._tasks.spawn(self._update_call(twiml), f"call-update-{kind}")
+        self._state.log.info("%s: updating the live call", kind)
+        self._state.tasks.spawn(self._update_call(twiml), f"call-update-{kind}")
 
     async def _update_call(self, twiml: str | None) -> None:
         await self._save_state()  # before Twilio moves the call: its callbacks may resume it
-        kind = (self.outcome or "hangup").split(":", 1)[0]
-        failed = await hand_on(self._control, self._deps.store, self.call_sid, twiml, kind=kind, log=self.log)
+        kind = (self._state.outcome or "hangup").split(":", 1)[0]
+        failed = await hand_on(self._control, self._deps.store, self._state.call_sid, twiml, kind=kind, log=self._state.log)
         if failed is None:
             return  # Twilio stops this stream
         error = failed.error
         if error is None:  # call control is off
-            await self._close_socket(1000, self.outcome or "done")
+            await self._io.close(1000, self._state.outcome or "done")
             return
-        self.end_reason = failed.end_reason
-        self._publish(CallUpdateFailedEvent, action=kind, code=error.code, message=str(error), then=failed.then)
-        await self._close_socket(1000, "call update failed")
+        self._state.end_reason = failed.end_reason
+        self._journal.publish(CallUpdateFailedEvent, action=kind, code=error.code, message=str(error), then=failed.then)
+        await self._io.close(1000, "call update failed")
 
     def _on_speech_update_failed(self, what: str, exc: CallControlError) -> None:
         """twiml mode: a prompt or hold did not reach Twilio. The document stays
         pending and answers Twilio's next callback (the hold loop); a call that
         is over ends the stream."""
         if exc.code == 21220:
-            self.log.info("call already ended (Twilio 21220): nothing to say")
-            self.end_reason = "caller_gone"
-            self._publish(CallUpdateFailedEvent, action=what, code=exc.code, message=str(exc), then="caller_gone")
-            self._close_with = (1000, "call ended")  # the reader closes at its next message
+            self._state.log.info("call already ended (Twilio 21220): nothing to say")
+            self._state.end_reason = "caller_gone"
+            self._journal.publish(CallUpdateFailedEvent, action=what, code=exc.code, message=str(exc), then="caller_gone")
+            self._state.close_with = (1000, "call ended")  # the reader closes at its next message
             return
-        self.log.error("could not update the call for a %s (%s): it waits for Twilio's next callback", what, exc)
-        self._publish(CallUpdateFailedEvent, action=what, code=exc.code, message=str(exc), then="next_callback")
+        self._state.log.error("could not update the call for a %s (%s): it waits for Twilio's next callback", what, exc)
+        self._journal.publish(CallUpdateFailedEvent, action=what, code=exc.code, message=str(exc), then="next_callback")
 
     async def answer_twilio(self, say_id: int | None, digits: str) -> str | None:
         """twiml mode: Twilio finished prompt `say_id` (a key may have ended it)
         or, holding, heard `digits`; or just asks what next (both None/"").
         Returns the TwiML the call goes on with; None if this session cannot
         answer (stream mode, or over)."""
-        speaker = self._speaker
-        if not isinstance(speaker, TwimlSpeaker) or self._closing:
+        speaker = self._state.speaker
+        if not isinstance(speaker, TwimlSpeaker) or self._state.closing:
             return None
         with speaker.answering():
             if say_id is not None:
-                if speaker.said(say_id, self.now_ms, key_pressed=bool(digits)):
+                if speaker.said(say_id, self._state.now_ms, key_pressed=bool(digits)):
                     self._on_prompts_finished()
                 else:
-                    self.log.debug("said %d: not the prompt playing (stale)", say_id)
+                    self._state.log.debug("said %d: not the prompt playing (stale)", say_id)
             for digit in digits:
                 self._on_key(digit)
         handoff, self._handoff = self._handoff, None
@@ -780,125 +618,74 @@ class CallSession:
         if self._engine is None:
             return
         try:
-            await self._deps.store.save(self.call_sid, self._engine.snapshot(), STATE_TTL_S)
+            await self._deps.store.save(self._state.call_sid, self._engine.snapshot(), STATE_TTL_S)
         except Exception as exc:  # e.g. Redis away: the call goes on; a resume would start over
-            self.log.error("could not save the dialog state (%r)", exc)
+            self._state.log.error("could not save the dialog state (%r)", exc)
 
     # --- replay lockstep -----------------------------------------------------------------
-    async def _answer_sync(self, raw: str | bytes) -> None:
-        """Settle all work for the audio so far, then answer (agent/lockstep.py)."""
+    async def _settle(self) -> None:
+        """Finish all work for the audio so far (a lockstep sync, agent/lockstep.py)."""
         while True:
             if self._stt is not None:
                 await self._stt.flush()
-            if not self._tasks.pending:
+            if not self._state.tasks.pending:
                 break
-            await self._tasks.wait_idle()
-        if self._speaker is not None and self._speaker.speaking:
-            self._speaker.pump(self.now_ms)
+            await self._state.tasks.wait_idle()
+        speaker = self._state.speaker
+        if speaker is not None and speaker.speaking:
+            speaker.pump(self._state.now_ms)
             self._on_prompts_finished()
-        await self._flush(extra=synced_message(raw))
 
     # --- the server shuts down (agent/shutdown.py) ---------------------------------------------
     def resume_parameters(self) -> dict[str, str] | None:
         """Stream parameters that reconnect this call at its current dialog
         state; None when there is nothing to resume (not started, moving on, over)."""
         engine = self._engine
-        if engine is None or engine.state is None or self._closing or self.outcome is not None:
+        if engine is None or engine.state is None or self._state.closing or self._state.outcome is not None:
             return None
         return {**self._call_parameters, "resume_state": engine.state}
 
     def hand_over(self, twiml: str, state: str) -> None:
         """Drain deadline: move the live call to `twiml` (a stream that resumes
         at `state`, on an instance that is still serving)."""
-        self.log.warning("server shutting down: handing the call over to resume at %s", state)
+        self._state.log.warning("server shutting down: handing the call over to resume at %s", state)
         self._hand_on("moved", twiml, {"resume_state": state})
 
     # --- the end ------------------------------------------------------------------------------
-    async def _close_socket(self, code: int, reason: str) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        try:
-            await self._socket.close(code, reason)
-        except Exception as exc:  # already gone: nothing more to do
-            self.log.debug("closing the socket: %r", exc)
-
     async def _finish(self) -> None:
-        self._closing = True
-        if self._end_timer is not None:
-            self._end_timer.cancel()
-        if self._start_timer is not None:
-            self._start_timer.cancel()
-        if self._speaker is not None:
-            self._speaker.close()
+        state = self._state
+        state.closing = True
+        self._io.cancel_timers()
+        if self._state.speaker is not None:
+            self._state.speaker.close()
         if self._stt is not None:
             try:
                 await self._stt.aclose()
             except Exception:
-                self.log.exception("closing speech recognition")
-        await self._tasks.aclose(grace_s=5.0)
-        if self.call_sid != "-":
+                self._state.log.exception("closing speech recognition")
+        await self._state.tasks.aclose(grace_s=5.0)
+        if self._state.call_sid != "-":
             path = tuple(self._engine.path) if self._engine is not None else ()
-            self.log.info(
+            self._state.log.info(
                 "call ended (%s): path %s, %d frames, %d malformed messages",
-                self.end_reason, " → ".join(path), self.metrics.frames_in, sum(self.conn.errors.values()),
+                self._state.end_reason, " → ".join(path), self.metrics.frames_in, sum(self.conn.errors.values()),
             )
-            ended = self._event(CallEndedEvent, reason=self.end_reason, path=path, duration_ms=self.now_ms)
+            ended = self._journal.event(CallEndedEvent, reason=self._state.end_reason, path=path, duration_ms=self._state.now_ms)
             self.metrics.flush(self.conn.errors)
             CALLS_ACTIVE.dec()
-            CALLS_TOTAL.labels(self.end_reason.split(":", 1)[0]).inc()
+            CALLS_TOTAL.labels(self._state.end_reason.split(":", 1)[0]).inc()
             # queued for the archive before call.ended goes out: whoever acts on
             # call.ended (replay, ops) may stop the server at once
-            await self._archive(path)
-            self._deps.feed.publish(ended)
+            record = call_record(
+                state, self._origin, self._deps.flow.name, self._engine, self._journal,
+                self.stats, self.conn.errors, self.recording,
+            )
+            await archive_call(self._deps.archive, record, state.log)
+            self._journal.publish_event(ended)
         else:
             self.metrics.flush(self.conn.errors)  # start_timeout, rate_limited… before any start
             if self.conn.errors:
-                self.log.info(
+                self._state.log.info(
                     "stream closed before a start (%s): %s",
-                    self.end_reason, ", ".join(f"{k} {n}" for k, n in sorted(self.conn.errors.items())),
+                    self._state.end_reason, ", ".join(f"{k} {n}" for k, n in sorted(self.conn.errors.items())),
                 )
-
-    async def _archive(self, path: tuple[str, ...]) -> None:
-        """Hand the finished call to the archive queue (a worker stores it)."""
-        archive = self._deps.archive
-        if archive is None:
-            return
-        engine = self._engine
-        slots = {}
-        if engine is not None:
-            hidden = engine.sensitive_slots
-            slots = {k: "***" if k in hidden else v for k, v in engine.slots.items()}
-        record = CallRecord(
-            call_sid=self.call_sid,
-            stream_sid=self.stream_sid,
-            account_sid=self.account_sid,
-            flow=self._deps.flow.name,
-            from_=self._from,
-            to=self._to,
-            started_at_ms=self._started_at_ms,
-            duration_ms=self.now_ms,
-            end_reason=self.end_reason,
-            outcome=self.outcome,
-            path=path,
-            slots=slots,
-            events=tuple(self._events),
-            bargein_ms=tuple(self.stats.bargeins),
-            response_ms=tuple(self.stats.response_ms),
-            malformed=dict(self.conn.errors),
-            recording=self.recording,
-            continuation=self._continuation,
-        )
-        try:
-            await archive.enqueue(record)
-        except Exception:
-            self.log.exception("could not enqueue the call for the archive")
-
-    def _event(self, kind: type[FeedEvent], **fields: object) -> FeedEvent:
-        """A feed event of this call, kept for the archive's record."""
-        event = kind(call_sid=self.call_sid, t=int(time.time() * 1000), **fields)
-        self._events.append(event)
-        return event
-
-    def _publish(self, kind: type[FeedEvent], **fields: object) -> None:
-        self._deps.feed.publish(self._event(kind, **fields))
