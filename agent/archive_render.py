@@ -22,7 +22,7 @@ the worker, so its presence means the call's files are complete.
 
 Everything here was redacted before it reached the record (sensitive slots,
 DTMF and speech in sensitive states); the caller track is silent while a
-sensitive state listens (agent/session.py). Pure: bytes out, no I/O.
+sensitive state listens (agent/session_listen.py). Pure: bytes out, no I/O.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def transcript_turns(record: CallRecord) -> list[dict[str, Any]]:
 
     An interrupted agent turn's event carries what the caller heard; the full
     prompt comes from the `say` action with the same say_id, which the
-    barge-in event just before it names (agent/session.py publishes the pair).
+    barge-in event just before it names (agent/session_listen.py publishes the pair).
     """
     said: dict[int, str] = {}
     turns: list[dict[str, Any]] = []

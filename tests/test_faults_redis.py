@@ -64,7 +64,7 @@ async def test_a_frozen_redis_mid_call_never_holds_up_the_media_path(own_redis, 
             await ws.send(encode_inbound(Dtmf(call.seq, sid, "inbound_track", "1")))  # menu → billing: a save
             await frames(50)
             await until(lambda: session.metrics.frames_in == 150)
-            assert session._engine.path[-1] == "billing"
+            assert session._actions.engine.path[-1] == "billing"
             assert not save_failures(caplog)  # the save is still waiting on Redis; the frames were not
             await until(lambda: save_failures(caplog))  # the bounded timeout
             await frames(50)
