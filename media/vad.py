@@ -1,17 +1,39 @@
-"""Per-frame voice activity: webrtcvad's verdict gated by frame energy.
+"""Per-frame voice activity: webrtcvad's verdict gated by frame energy, against
+a fixed floor and against the line's own noise floor.
 
 webrtcvad adapts to the noise it hears, and while it adapts it calls noise
 speech: after digital silence, -50 dBFS white noise is "speech" in nearly every
-20 ms frame for two to five seconds (aggressiveness 2). Telephone comfort noise
-switching on, or a line getting noisier, does exactly that. So a frame counts
-as speech only when webrtcvad says so AND its RMS level is above an energy
-floor that such noise stays under.
+20 ms frame for two to five seconds (aggressiveness 2); 60 Hz mains hum with
+its harmonics is "speech" for as long as it lasts. So a frame counts as speech
+only when webrtcvad says so AND its mean-square level is
+
+- above `energy_floor_dbfs` (-45): the level faint noise and a far-off voice
+  stay under, and
+- `margin_db` (10 dB) above the line's noise floor, tracked per call.
+
+The noise floor (`_NoiseFloor` arithmetic, inline in `is_speech`):
+
+- warm-up, the first `warmup_ms` (200 ms) of the call: the floor follows the
+  level (half-way to each frame) and no frame is speech. Line hiss and hum are
+  there from the first packet of a call; this is where they are measured.
+- then, a frame quieter than the floor pulls it a quarter of the way down
+  (in mean square: a lost packet's digital-silence frame lowers it 1.25 dB,
+  not to nothing); a louder one lets it rise `floor_rise_db_per_s` (10 dB/s),
+  never above the frame itself. Speech has dips between syllables that keep
+  the floor at the line's noise; a line that gets steadily noisier mid-call is
+  absorbed at 10 dB/s. Until then (the first 60 ms of a step of steady noise
+  look exactly like a vowel's onset to webrtcvad and to energy) such a step
+  can start one turn: bench `bargein`'s noise fixtures started 600 ms into a
+  call do (docs/bench-latency.md).
+- never below `_MIN_FLOOR_DBFS` (-90 dBFS), so it can rise again after digital
+  silence.
 
 Cost (20 ms frames at 8 kHz, one core of the dev machine): webrtcvad ≈ 1.4 µs,
 the energy of a frame ≈ 1.5 µs (numpy float64 dot product; the cheapest of the
-options measured, see `_energy`). webrtcvad runs first on every frame, so its
-adaptive noise model sees the same stream it would without the gate, and the
-energy is computed only for the frames it calls speech.
+options measured, see `_energy`), the floor update a few float operations.
+webrtcvad runs first on every frame, so its adaptive noise model sees the same
+stream it would without the gate; the energy is now computed on every frame
+(the floor needs it).
 """
 
 from __future__ import annotations
@@ -29,6 +51,10 @@ WEBRTCVAD_FRAME_MS = (10, 20, 30)
 
 _I16 = np.dtype("<i2")
 _F64 = np.dtype(np.float64)
+
+_MIN_FLOOR_DBFS = -90.0
+_WARMUP_STEP = 0.5  # during warm-up the floor goes half-way to each frame's level
+_FALL_STEP = 0.25  # a frame below the floor pulls it a quarter of the way down
 
 
 def _energy(pcm16: bytes) -> float:
@@ -53,44 +79,84 @@ def frame_dbfs(pcm16: bytes) -> float:
 
 
 class VoiceActivity:
-    """Is this frame speech? webrtcvad AND RMS above `energy_floor_dbfs`.
+    """Is this frame speech? webrtcvad AND mean square above `energy_floor_dbfs`
+    AND `margin_db` above the call's noise floor (see the module doc).
 
     `aggressiveness` is webrtcvad's mode, 0 (lenient) to 3 (strict). Frames
     are 10, 20 or 30 ms of 16-bit little-endian mono PCM at `sample_rate`.
-    Stateful (webrtcvad adapts to the noise it hears): one instance per call.
+    Stateful (webrtcvad and the noise floor adapt to what they hear): one
+    instance per call, fed every frame in order.
     """
 
-    __slots__ = ("_min_energy", "_vad", "aggressiveness", "energy_floor_dbfs", "sample_rate")
+    __slots__ = (
+        "_floor", "_frames", "_margin", "_min_mean_square", "_vad", "_warmup_left",
+        "aggressiveness", "energy_floor_dbfs", "margin_db", "sample_rate",
+    )
 
     def __init__(
         self,
         aggressiveness: int = 2,
         energy_floor_dbfs: float = -45.0,
         sample_rate: int = 8000,
+        *,
+        margin_db: float = 10.0,
+        warmup_ms: int = 200,
+        floor_rise_db_per_s: float = 10.0,
     ) -> None:
         if aggressiveness not in (0, 1, 2, 3):
             raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {aggressiveness}")
         if sample_rate not in WEBRTCVAD_RATES:
             raise ValueError(f"webrtcvad takes {WEBRTCVAD_RATES} Hz, got {sample_rate}")
+        if margin_db < 0 or warmup_ms < 0 or floor_rise_db_per_s < 0:
+            raise ValueError(
+                f"margin_db, warmup_ms and floor_rise_db_per_s cannot be negative: "
+                f"{margin_db}, {warmup_ms}, {floor_rise_db_per_s}"
+            )
         self.aggressiveness = aggressiveness
         self.energy_floor_dbfs = energy_floor_dbfs
+        self.margin_db = margin_db
         self.sample_rate = sample_rate
         self._vad = webrtcvad.Vad(aggressiveness)
-        # frame length in bytes → the sum of squares a frame must exceed; the
-        # dict also validates the length with no extra cost
-        floor_mean_square = (FULL_SCALE * 10.0 ** (energy_floor_dbfs / 20.0)) ** 2
-        self._min_energy: dict[int, float] = {}
+        self._min_mean_square = _mean_square(energy_floor_dbfs)
+        self._margin = 10.0 ** (margin_db / 10.0)
+        self._floor = _mean_square(_MIN_FLOOR_DBFS)
+        self._warmup_left = sample_rate * warmup_ms // 1000  # samples
+        # frame length in bytes → (samples, the floor's rise factor per frame);
+        # the dict also validates the length with no extra cost
+        self._frames: dict[int, tuple[int, float]] = {}
         for ms in WEBRTCVAD_FRAME_MS:
             samples = sample_rate * ms // 1000
-            self._min_energy[2 * samples] = samples * floor_mean_square
+            self._frames[2 * samples] = (samples, 10.0 ** (floor_rise_db_per_s * ms / 1000 / 10.0))
+
+    @property
+    def noise_floor_dbfs(self) -> float:
+        """The call's noise floor as tracked so far (RMS, dBFS)."""
+        return 10.0 * math.log10(self._floor / (FULL_SCALE * FULL_SCALE))
 
     def is_speech(self, pcm16_frame: bytes) -> bool:
-        min_energy = self._min_energy.get(len(pcm16_frame))
-        if min_energy is None:
+        frame = self._frames.get(len(pcm16_frame))
+        if frame is None:
             raise ValueError(
                 f"a frame is 10, 20 or 30 ms of 16-bit PCM at {self.sample_rate} Hz "
-                f"({sorted(self._min_energy)} bytes), got {len(pcm16_frame)} bytes"
+                f"({sorted(self._frames)} bytes), got {len(pcm16_frame)} bytes"
             )
-        return bool(self._vad.is_speech(pcm16_frame, self.sample_rate)) and (
-            _energy(pcm16_frame) > min_energy
-        )
+        samples, rise = frame
+        voiced = self._vad.is_speech(pcm16_frame, self.sample_rate)
+        level = _energy(pcm16_frame) / samples  # mean square
+        floor = self._floor
+        if self._warmup_left > 0:
+            self._warmup_left -= samples
+            self._floor = max(_MIN_FLOOR, floor + _WARMUP_STEP * (level - floor))
+            return False
+        if level < floor:
+            self._floor = max(_MIN_FLOOR, floor + _FALL_STEP * (level - floor))
+        else:
+            self._floor = min(floor * rise, level)
+        return bool(voiced) and level > self._min_mean_square and level > floor * self._margin
+
+
+def _mean_square(dbfs: float) -> float:
+    return (FULL_SCALE * 10.0 ** (dbfs / 20.0)) ** 2
+
+
+_MIN_FLOOR = _mean_square(_MIN_FLOOR_DBFS)

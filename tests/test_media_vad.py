@@ -30,9 +30,13 @@ def test_frame_dbfs_levels() -> None:
 
 
 def test_voiced_signal_is_speech() -> None:
+    # after 300 ms of a -60 dBFS line: a second of steady vowel is speech throughout
     vad = VoiceActivity()
-    verdicts = [vad.is_speech(f) for f in frames(voiced(8000, -25.0))]
-    assert all(verdicts[1:])
+    verdicts = [vad.is_speech(f) for f in frames(np.concatenate([noise(2400, -60.0), voiced(8000, -25.0)]))]
+    assert not any(verdicts[:15]) and all(verdicts[16:])
+    assert all(VoiceActivity(warmup_ms=0).is_speech(f) for f in frames(voiced(8000, -25.0))[1:])
+    # a sound present from the first frame is the line's floor (the warm-up measures it)
+    assert not any(VoiceActivity().is_speech(f) for f in frames(voiced(8000, -25.0)))
 
 
 def test_line_noise_coming_on_fools_webrtcvad_but_not_the_gate() -> None:
@@ -64,14 +68,14 @@ def test_voice_below_the_floor_is_not_speech() -> None:
 def test_energy_floor_is_a_strict_threshold() -> None:
     frame = frames(voiced(1600, -30.0))[5]
     level = frame_dbfs(frame)
-    assert VoiceActivity(energy_floor_dbfs=level - 0.01).is_speech(frame)
-    assert not VoiceActivity(energy_floor_dbfs=level + 0.01).is_speech(frame)
+    assert VoiceActivity(energy_floor_dbfs=level - 0.01, warmup_ms=0).is_speech(frame)
+    assert not VoiceActivity(energy_floor_dbfs=level + 0.01, warmup_ms=0).is_speech(frame)
 
 
 @pytest.mark.parametrize("frame_ms", [10, 20, 30])
 def test_frame_lengths_and_rates(frame_ms: int) -> None:
     for rate in (8000, 16000):
-        vad = VoiceActivity(sample_rate=rate)
+        vad = VoiceActivity(sample_rate=rate, warmup_ms=0)
         signal = voiced(rate // 2, -25.0)
         size = 2 * rate * frame_ms // 1000
         chunks = [pcm(signal)[i : i + size] for i in range(size * 2, size * 6, size)]
