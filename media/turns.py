@@ -46,6 +46,10 @@ class TurnConfig:
     within 120 ms of the caller's onset (p95); 60 ms of evidence plus a frame
     or two for webrtcvad to flip at a soft onset leaves room for the network.
     One or two frames (20–40 ms) would fire on clicks, pops and DTMF blips.
+    Measured (docs/bench-latency.md): start_ms = 40 takes bench `bargein`'s
+    media p50 56 → 36 ms but p95 only 157 → 137 ms (the tail is /s/-initial
+    words, whose fricative is under media/vad.py's gate), and it starts a turn
+    on a 40 ms crackle (tests/test_media_vad.py). Kept at 60.
     start_window_ms = 100: those 60 ms must come within five frames.
     onset_gap_ms = 20: one unvoiced frame is tolerated inside an onset
     (webrtcvad flickers on plosives and soft starts); two end the run.
