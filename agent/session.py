@@ -164,7 +164,7 @@ class CallSession:
         self.end_reason = "socket_closed"
         self._tasks = TaskSet(self.log)
         self._vad = VoiceActivity(aggressiveness=deps.vad_aggressiveness)
-        self._turns = TurnDetector(TurnConfig(end_silence_ms=deps.end_silence_ms))
+        self._turns = TurnDetector(TurnConfig(end_silence_ms=deps.end_silence_ms), voicing=self._vad.periodic)
         self._speaker: AgentVoice | None = None
         self._control: CallControl | None = deps.call_control
         self._handoff: str | None = None  # twiml mode: a hand-on that answers Twilio's callback

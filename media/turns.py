@@ -11,7 +11,8 @@ frame, its `last_voiced_ms` the end of its latest voiced frame.
 
     state     frame     condition                                   → state     event
     SILENCE   voiced    (a run begins: onset_ms = now - frame_ms)   → ONSET
-    ONSET     voiced    voiced time in the run ≥ start_ms           → SPEECH    SpeechStarted
+    ONSET     voiced    voiced time in the run ≥ start_ms, and a
+                        periodic frame in the run (see `voicing`)   → SPEECH    SpeechStarted
     ONSET     voiced    now - onset_ms > start_window_ms            → ONSET     (run restarts here)
     ONSET     unvoiced  gap > onset_gap_ms or window over           → SILENCE   (blip dropped)
     SPEECH    unvoiced                                              → TRAILING
@@ -28,12 +29,22 @@ shorter than min_turn_ms (onset to last voiced frame) is noise, not a turn —
 a cough or a line pop that got past start_ms: its SpeechEnded carries
 `too_short=True` so the consumer can resume instead of awaiting a transcript.
 
+Voicing: a detector built with `voicing` (media/vad.py's
+`VoiceActivity.periodic`: is the frame just fed periodic at a speaking
+pitch?) also needs one periodic frame in the run before SpeechStarted. It
+asks for each voiced frame of the run until one is, so the question is
+asked at onsets only. Hiss, breath, coughs and line pops pass the energy
+and webrtcvad gates with no periodic frame; speech reaches its first vowel
+within the run. Frames before that vowel (an /h/, an /s/) still count
+toward start_ms. Without `voicing`, every run counts as voiced.
+
 Time is only what the caller passes in; there is no clock and no deadline
 apart from frames, which on a Media Stream keep coming every 20 ms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -117,7 +128,9 @@ _IN_SPEECH = frozenset({TurnState.SPEECH, TurnState.TRAILING})
 class TurnDetector:
     """Per-call turn state machine over per-frame VAD verdicts (see module doc)."""
 
-    __slots__ = ("_last_voiced_ms", "_now_ms", "_onset_ms", "_voiced_ms", "config", "state")
+    __slots__ = (
+        "_last_voiced_ms", "_now_ms", "_onset_ms", "_periodic", "_voiced_ms", "_voicing", "config", "state",
+    )
 
     config: TurnConfig
     state: TurnState
@@ -125,9 +138,12 @@ class TurnDetector:
     _voiced_ms: int  # voiced time in the run, while in ONSET
     _last_voiced_ms: int  # end of the run's latest voiced frame
     _now_ms: int | None  # end of the last frame processed
+    _periodic: bool  # a periodic frame in the run, while in ONSET
+    _voicing: Callable[[], bool] | None
 
-    def __init__(self, config: TurnConfig = TurnConfig()) -> None:
+    def __init__(self, config: TurnConfig = TurnConfig(), voicing: Callable[[], bool] | None = None) -> None:
         self.config = config
+        self._voicing = voicing
         self.reset()
 
     def reset(self) -> None:
@@ -138,6 +154,7 @@ class TurnDetector:
         self._voiced_ms = 0
         self._last_voiced_ms = 0
         self._now_ms = None
+        self._periodic = False
 
     @property
     def in_speech(self) -> bool:
@@ -181,9 +198,13 @@ class TurnDetector:
             self.state = TurnState.ONSET
             self._onset_ms = now_ms - config.frame_ms
             self._voiced_ms = 0
+            self._periodic = self._voicing is None
         self._voiced_ms += config.frame_ms
         self._last_voiced_ms = now_ms
-        if self._voiced_ms < config.start_ms:
+        if not self._periodic:
+            assert self._voicing is not None
+            self._periodic = self._voicing()
+        if self._voiced_ms < config.start_ms or not self._periodic:
             return None
         self.state = TurnState.SPEECH
         return SpeechStarted(at_ms=now_ms, onset_ms=self._onset_ms)

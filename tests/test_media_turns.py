@@ -192,3 +192,59 @@ def test_config_is_frozen_and_validated() -> None:
     ):
         with pytest.raises(ValueError):
             TurnConfig(**bad)  # type: ignore[arg-type]
+
+
+# --- voicing: "~" a voiced frame that is not periodic (hiss, breath, an /s/), "#" one that is ---
+
+
+def run_voicing(pattern: str) -> tuple[list[TurnEvent], list[int]]:
+    """Feed `pattern` to a detector whose `voicing` answers for the frame just
+    fed; also return the frames (0-based) it was asked about."""
+    current = [0]
+    asked: list[int] = []
+
+    def voicing() -> bool:
+        asked.append(current[0])
+        return pattern[current[0]] == "#"
+
+    detector = TurnDetector(voicing=voicing)
+    events = []
+    for i, mark in enumerate(pattern):
+        current[0] = i
+        event = detector.process(mark in "#~", 20 * (i + 1))
+        if event is not None:
+            events.append(event)
+    return events, asked
+
+
+def test_without_a_periodic_frame_no_turn_starts() -> None:
+    events, asked = run_voicing("..~~~~~~~~~~~~.." + "." * 40)  # a 240 ms cough
+    assert events == []
+    assert asked == list(range(2, 14))  # every voiced frame of the onset, one at a time
+
+
+def test_frames_before_the_first_periodic_one_count_toward_start_ms() -> None:
+    # /h/ /h/ then the vowel: the turn starts at the vowel's frame, onset at the /h/
+    events, asked = run_voicing("..~~##########" + "." * 40)
+    assert events[0] == SpeechStarted(at_ms=100, onset_ms=40)
+    assert asked == [2, 3, 4]  # not asked again once the run has a periodic frame
+
+
+def test_a_periodic_first_frame_still_needs_start_ms() -> None:
+    events, asked = run_voicing("#~~" + "." * 40)
+    assert events[0] == SpeechStarted(at_ms=60, onset_ms=0)
+    assert asked == [0]
+
+
+def test_voicing_is_not_asked_inside_a_turn_and_resets_per_run() -> None:
+    # a turn, a pause inside it (no questions), then after it ended an aperiodic run
+    events, asked = run_voicing("###~~" + "." * 10 + "~~~" + "." * 40 + "~~~~~" + "." * 10)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    assert asked == [0, 58, 59, 60, 61, 62]  # the first run, then the aperiodic one
+
+
+def test_the_onset_window_still_bounds_a_run_waiting_for_voicing() -> None:
+    # 100 ms of aperiodic voiced frames, then the vowel: the run restarted at
+    # the window's end, so the onset is the frame after it
+    events, _ = run_voicing("~~~~~~###" + "." * 40)
+    assert events[0] == SpeechStarted(at_ms=160, onset_ms=100)
