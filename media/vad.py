@@ -15,7 +15,7 @@ only when webrtcvad says so AND its mean-square level is
   still hears a voice 8 dB over -30 dBFS hiss or hum (tests/test_media_vad.py).
   A voice less than 6 dB over the line's noise is not speech here.
 
-The noise floor (`_NoiseFloor` arithmetic, inline in `is_speech`):
+The noise floor (inline in `is_speech`):
 
 - warm-up, the first `warmup_ms` (200 ms) of the call: the floor follows the
   level (half-way to each frame) and no frame is speech. Line hiss and hum are
@@ -28,12 +28,17 @@ The noise floor (`_NoiseFloor` arithmetic, inline in `is_speech`):
   never above the frame itself. Speech has dips between syllables that keep
   the floor at the line's noise (a perfectly steady tone 8 dB over the noise
   is absorbed after ~0.2 s); a line that gets steadily noisier mid-call is
-  absorbed at 10 dB/s. Until then (the first 60 ms of a step of steady noise
-  look exactly like a vowel's onset to webrtcvad and to energy) such a step
-  can start one turn: bench `bargein`'s noise fixtures started 600 ms into a
-  call do (docs/bench-latency.md).
+  absorbed at 10 dB/s. Until then such a step passes `is_speech` (its first
+  60 ms look exactly like a vowel's onset to webrtcvad and to energy); what
+  keeps it from starting a turn is voicing, below.
 - never below `_MIN_FLOOR_DBFS` (-90 dBFS), so it can rise again after digital
   silence.
+
+Voicing (`periodic`): coughs, breaths, a new hiss mid-call pass both gates,
+loud and abrupt as speech onsets are; they are not periodic at a speaking
+pitch, and every word has a vowel that is. media/turns.py asks `periodic`
+for the frames of an onset and starts a turn only once one is (agent/session.py
+wires `TurnDetector(voicing=vad.periodic)`).
 
 Cost (20 ms frames at 8 kHz, one core of the dev machine): webrtcvad ≈ 1.4 µs,
 the energy of a frame ≈ 1.5 µs (numpy float64 dot product; the cheapest of the
