@@ -53,15 +53,18 @@ from enum import Enum
 class TurnConfig:
     """Timings in milliseconds of media. Defaults are for 20 ms Twilio frames.
 
-    start_ms = 60: three voiced frames. Barge-in must reach Twilio's `clear`
-    within 120 ms of the caller's onset (p95); 60 ms of evidence plus a frame
-    or two for webrtcvad to flip at a soft onset leaves room for the network.
-    One or two frames (20–40 ms) would fire on clicks, pops and DTMF blips.
-    Measured (docs/bench-latency.md): start_ms = 40 takes bench `bargein`'s
-    media p50 56 → 36 ms but p95 only 157 → 137 ms (the tail is /s/-initial
-    words, whose fricative is under media/vad.py's gate), and it starts a turn
-    on a 40 ms crackle (tests/test_media_vad.py). Kept at 60.
-    start_window_ms = 100: those 60 ms must come within five frames.
+    start_ms = 40: two voiced frames. Barge-in must reach Twilio's `clear`
+    within 120 ms of the caller's onset (p95). Without voicing (below), one
+    or two frames fired on clicks, pops and crackles, hence 60 ms until
+    media/vad.py's `periodic` was asked: a run now also needs a periodic
+    frame, which those never have. Measured on bench `bargein`
+    (docs/bench-latency.md), with voicing: start_ms 60 → 40 takes the media
+    p50 56 → 36 ms, max 167 → 147 ms, with no false barge-in on its noise
+    fixtures either way; 20 ms would take p50 to 30 ms but a single periodic
+    frame (a squeak, a TV's syllable) would then be a turn. DTMF tones are
+    periodic and start a turn at any of these values (40 ms tones included),
+    as a key pressed over a prompt should.
+    start_window_ms = 100: those 40 ms must come within five frames.
     onset_gap_ms = 20: one unvoiced frame is tolerated inside an onset
     (webrtcvad flickers on plosives and soft starts); two end the run.
     end_silence_ms = 700: pauses inside a phone sentence run to 500–600 ms
@@ -71,7 +74,7 @@ class TurnConfig:
     150 ms or more; coughs, breaths and pops that pass start_ms are shorter.
     """
 
-    start_ms: int = 60
+    start_ms: int = 40
     end_silence_ms: int = 700
     frame_ms: int = 20
     start_window_ms: int = 100

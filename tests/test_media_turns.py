@@ -9,9 +9,13 @@ import pytest
 
 from media.turns import SpeechEnded, SpeechStarted, TurnConfig, TurnDetector, TurnEvent, TurnState
 
+# The state-machine cases below were written for three frames of evidence (the
+# default was 60 ms before voicing); the default's own cases are marked.
+THREE = TurnConfig(start_ms=60)
+
 
 def run(pattern: str, detector: TurnDetector | None = None, start_ms: int = 0) -> list[TurnEvent]:
-    detector = detector or TurnDetector()
+    detector = detector or TurnDetector(THREE)
     events = []
     for i, mark in enumerate(pattern.replace(" ", "")):
         event = detector.process(mark == "#", start_ms + 20 * (i + 1))
@@ -22,7 +26,7 @@ def run(pattern: str, detector: TurnDetector | None = None, start_ms: int = 0) -
 
 def states(pattern: str) -> str:
     """The state after each frame, as one letter: S(ilence) O(nset) P (speech) T(railing)."""
-    detector = TurnDetector()
+    detector = TurnDetector(THREE)
     letters = {
         TurnState.SILENCE: "S",
         TurnState.ONSET: "O",
@@ -52,7 +56,7 @@ def test_states_through_a_turn() -> None:
 
 
 def test_in_speech_excludes_onset() -> None:
-    d = TurnDetector()
+    d = TurnDetector(THREE)
     seen = []
     for i, voiced in enumerate([True, True, True, False]):
         d.process(voiced, 20 * (i + 1))
@@ -141,7 +145,7 @@ def test_events_alternate_on_random_verdicts() -> None:
 
 
 def test_reset_forgets_the_run_and_allows_time_to_restart() -> None:
-    d = TurnDetector()
+    d = TurnDetector(THREE)
     assert run("####", d)[0] == SpeechStarted(at_ms=60, onset_ms=0)
     d.reset()
     assert d.state is TurnState.SILENCE and not d.in_speech
@@ -153,14 +157,14 @@ def test_reset_forgets_the_run_and_allows_time_to_restart() -> None:
 
 
 def test_time_must_increase() -> None:
-    d = TurnDetector()
+    d = TurnDetector(THREE)
     d.process(False, 20)
     with pytest.raises(ValueError, match="increase"):
         d.process(False, 20)
 
 
 def test_missing_frames_count_as_time_passing() -> None:
-    d = TurnDetector()
+    d = TurnDetector(THREE)
     assert run("###", d)[0] == SpeechStarted(at_ms=60, onset_ms=0)
     assert d.process(False, 80) is None
     assert d.process(False, 760) == SpeechEnded(
@@ -180,13 +184,13 @@ def test_immediate_config_edges() -> None:
 
 def test_config_is_frozen_and_validated() -> None:
     config = TurnConfig()
-    assert (config.start_ms, config.end_silence_ms, config.frame_ms) == (60, 700, 20)
+    assert (config.start_ms, config.end_silence_ms, config.frame_ms) == (40, 700, 20)
     assert (config.start_window_ms, config.min_turn_ms, config.onset_gap_ms) == (100, 120, 20)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.start_ms = 40  # type: ignore[misc]
     for bad in (
         {"frame_ms": 0},
-        {"start_window_ms": 40},
+        {"start_window_ms": 30},
         {"min_turn_ms": -1},
         {"end_silence_ms": 0},
     ):
@@ -207,7 +211,7 @@ def run_voicing(pattern: str) -> tuple[list[TurnEvent], list[int]]:
         asked.append(current[0])
         return pattern[current[0]] == "#"
 
-    detector = TurnDetector(voicing=voicing)
+    detector = TurnDetector(THREE, voicing=voicing)
     events = []
     for i, mark in enumerate(pattern):
         current[0] = i
@@ -248,3 +252,14 @@ def test_the_onset_window_still_bounds_a_run_waiting_for_voicing() -> None:
     # the window's end, so the onset is the frame after it
     events, _ = run_voicing("~~~~~~###" + "." * 40)
     assert events[0] == SpeechStarted(at_ms=160, onset_ms=100)
+
+
+def test_the_default_starts_a_turn_on_two_voiced_frames() -> None:
+    # two frames, one of them periodic: a turn; two aperiodic frames or one frame: none
+    detector = TurnDetector(voicing=lambda: True)
+    assert detector.process(True, 20) is None
+    assert detector.process(True, 40) == SpeechStarted(at_ms=40, onset_ms=0)
+    detector = TurnDetector(voicing=lambda: False)
+    assert [detector.process(True, t) for t in (20, 40, 60)] == [None, None, None]
+    detector = TurnDetector(voicing=lambda: True)
+    assert [detector.process(v, t) for v, t in ((True, 20), (False, 40), (False, 60))] == [None, None, None]

@@ -202,12 +202,12 @@ def test_line_noise_from_the_start_of_a_call_never_starts_a_turn(kind: str, leve
     ("kind", "level", "voice", "onset_frame_ms"),
     [("hiss", -40.0, -32.0, 1040), ("hiss", -30.0, -20.0, 1020), ("hum", -30.0, -20.0, 1020)],
 )
-def test_speech_over_line_noise_starts_a_turn_in_three_frames(
+def test_speech_over_line_noise_starts_a_turn_in_two_frames(
     kind: str, level: float, voice: float, onset_frame_ms: int
 ) -> None:
     # 1 s of line noise, then four 200 ms syllables of voice 8-10 dB over it from
     # 1000 ms (media time 1020: one lead frame), 60 ms apart: SpeechStarted at the
-    # end of the voice's third frame, one turn through to the last syllable. At
+    # end of the voice's second frame, one turn through to the last syllable. At
     # 8 dB over -40 dBFS hiss the 15 ms attack leaves the first frame under the
     # floor's 6 dB margin: the run starts a frame later.
     from agent.bench.bargein_audio import noise_clip
@@ -220,7 +220,7 @@ def test_speech_over_line_noise_starts_a_turn_in_three_frames(
         x[a : a + 1600] += voiced(1600, voice) * envelope
     events = detect_after_floor(mulaw_of(x))
     assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
-    assert events[0] == SpeechStarted(at_ms=onset_frame_ms + 60, onset_ms=onset_frame_ms)
+    assert events[0] == SpeechStarted(at_ms=onset_frame_ms + 40, onset_ms=onset_frame_ms)
     ended = events[1]
     assert isinstance(ended, SpeechEnded) and not ended.too_short
     assert 1020 + 3 * 260 + 140 <= ended.last_voiced_ms <= 1020 + 3 * 260 + 200
