@@ -5,6 +5,7 @@ import pytest
 import webrtcvad
 from synth import noise, pcm, voiced
 
+from agent.bench.bargein_audio import floor_frames, noise_clip
 from media import mulaw
 from media.frames import split_frames
 from media.turns import SpeechEnded, SpeechStarted, TurnDetector
@@ -181,8 +182,6 @@ def test_floor_settings_are_checked() -> None:
 
 def detect_after_floor(codes: bytes) -> list[SpeechStarted | SpeechEnded]:
     """As bench `bargein`'s calls: one frame of the -62 dBFS line floor, then `codes`."""
-    from agent.bench.bargein_audio import floor_frames
-
     return detect(floor_frames(1)[:160] + codes)
 
 
@@ -192,8 +191,6 @@ def detect_after_floor(codes: bytes) -> list[SpeechStarted | SpeechEnded]:
      ("clicks", -20.0), ("clicks", -10.0)],
 )
 def test_line_noise_from_the_start_of_a_call_never_starts_a_turn(kind: str, level: float) -> None:
-    from agent.bench.bargein_audio import noise_clip
-
     for seed in range(3):
         assert detect_after_floor(noise_clip(kind, level, seed).audio) == []
 
@@ -210,8 +207,6 @@ def test_speech_over_line_noise_starts_a_turn_in_two_frames(
     # end of the voice's second frame, one turn through to the last syllable. At
     # 8 dB over -40 dBFS hiss the 15 ms attack leaves the first frame under the
     # floor's 6 dB margin: the run starts a frame later.
-    from agent.bench.bargein_audio import noise_clip
-
     x = mulaw.decode_array(noise_clip(kind, level, 0).audio).astype(np.float64)[: 3 * RATE]
     ramp = np.arange(1600)
     envelope = np.minimum(1.0, np.minimum(ramp / 120, (1600 - ramp) / 240))  # 15 ms attack, 30 ms release
@@ -230,8 +225,6 @@ def test_a_noise_step_mid_call_starts_no_turn() -> None:
     # For 60 ms a new steady noise looks like a vowel's onset to webrtcvad and
     # to the floor (both pass every frame here); it is not periodic, so no turn,
     # and the floor absorbs it (10 dB/s). Hum 30 dB over the line from 600 ms.
-    from agent.bench.bargein_audio import noise_clip
-
     hum = mulaw.decode_array(noise_clip("hum", -30.0, 0, ms=6000).audio).astype(np.float64)
     codes = mulaw_of(np.concatenate([noise(4800, -62.0), hum]))
     vad = VoiceActivity()
@@ -248,8 +241,6 @@ def test_a_noise_step_mid_call_starts_no_turn() -> None:
 @pytest.mark.parametrize(("kind", "level"), [("cough", -35.0), ("cough", -25.0), ("breath", -45.0), ("breath", -35.0)])
 def test_coughs_and_breaths_start_no_turn(kind: str, level: float) -> None:
     # loud, abrupt, and speech to webrtcvad and the floor: but never periodic
-    from agent.bench.bargein_audio import noise_clip
-
     for seed in range(3):
         assert detect_after_floor(noise_clip(kind, level, seed).audio) == []
 
