@@ -36,7 +36,8 @@ asks for each voiced frame of the run until one is, so the question is
 asked at onsets only. Hiss, breath, coughs and line pops pass the energy
 and webrtcvad gates with no periodic frame; speech reaches its first vowel
 within the run. Frames before that vowel (an /h/, an /s/) still count
-toward start_ms. Without `voicing`, every run counts as voiced.
+toward start_ms. Without `voicing`, every run counts as periodic: give
+such a detector start_ms = 60, or it fires on two-frame clicks (TurnConfig).
 
 Time is only what the caller passes in; there is no clock and no deadline
 apart from frames, which on a Media Stream keep coming every 20 ms.
