@@ -91,7 +91,7 @@ class Listener:
         self.dialog: Callable[[d.Event], None] = _no_dialog
         self.stt: SttStream | None = None
         self._vad = VoiceActivity(aggressiveness=vad_aggressiveness)
-        self._turns = TurnDetector(TurnConfig(end_silence_ms=end_silence_ms))
+        self._turns = TurnDetector(TurnConfig(end_silence_ms=end_silence_ms), voicing=self._vad.periodic)
         self._sensitive = False
         self._phrases: tuple[str, ...] = ()
         self._on_fallback_stt = False

@@ -11,7 +11,8 @@ frame, its `last_voiced_ms` the end of its latest voiced frame.
 
     state     frame     condition                                   → state     event
     SILENCE   voiced    (a run begins: onset_ms = now - frame_ms)   → ONSET
-    ONSET     voiced    voiced time in the run ≥ start_ms           → SPEECH    SpeechStarted
+    ONSET     voiced    voiced time in the run ≥ start_ms, and a
+                        periodic frame in the run (see `voicing`)   → SPEECH    SpeechStarted
     ONSET     voiced    now - onset_ms > start_window_ms            → ONSET     (run restarts here)
     ONSET     unvoiced  gap > onset_gap_ms or window over           → SILENCE   (blip dropped)
     SPEECH    unvoiced                                              → TRAILING
@@ -28,12 +29,23 @@ shorter than min_turn_ms (onset to last voiced frame) is noise, not a turn —
 a cough or a line pop that got past start_ms: its SpeechEnded carries
 `too_short=True` so the consumer can resume instead of awaiting a transcript.
 
+Voicing: a detector built with `voicing` (media/vad.py's
+`VoiceActivity.periodic`: is the frame just fed periodic at a speaking
+pitch?) also needs one periodic frame in the run before SpeechStarted. It
+asks for each voiced frame of the run until one is, so the question is
+asked at onsets only. Hiss, breath, coughs and line pops pass the energy
+and webrtcvad gates with no periodic frame; speech reaches its first vowel
+within the run. Frames before that vowel (an /h/, an /s/) still count
+toward start_ms. Without `voicing`, every run counts as periodic: give
+such a detector start_ms = 60, or it fires on two-frame clicks (TurnConfig).
+
 Time is only what the caller passes in; there is no clock and no deadline
 apart from frames, which on a Media Stream keep coming every 20 ms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -42,11 +54,18 @@ from enum import Enum
 class TurnConfig:
     """Timings in milliseconds of media. Defaults are for 20 ms Twilio frames.
 
-    start_ms = 60: three voiced frames. Barge-in must reach Twilio's `clear`
-    within 120 ms of the caller's onset (p95); 60 ms of evidence plus a frame
-    or two for webrtcvad to flip at a soft onset leaves room for the network.
-    One or two frames (20–40 ms) would fire on clicks, pops and DTMF blips.
-    start_window_ms = 100: those 60 ms must come within five frames.
+    start_ms = 40: two voiced frames. Barge-in must reach Twilio's `clear`
+    within 120 ms of the caller's onset (p95). Without voicing (below), one
+    or two frames fired on clicks, pops and crackles, hence 60 ms until
+    media/vad.py's `periodic` was asked: a run now also needs a periodic
+    frame, which those never have. Measured on bench `bargein`
+    (docs/bench-latency.md), with voicing: start_ms 60 → 40 takes the media
+    p50 56 → 36 ms, max 167 → 147 ms, with no false barge-in on its noise
+    fixtures either way; 20 ms would take p50 to 30 ms but a single periodic
+    frame (a squeak, a TV's syllable) would then be a turn. DTMF tones are
+    periodic and start a turn at any of these values (40 ms tones included),
+    as a key pressed over a prompt should.
+    start_window_ms = 100: those 40 ms must come within five frames.
     onset_gap_ms = 20: one unvoiced frame is tolerated inside an onset
     (webrtcvad flickers on plosives and soft starts); two end the run.
     end_silence_ms = 700: pauses inside a phone sentence run to 500–600 ms
@@ -56,7 +75,7 @@ class TurnConfig:
     150 ms or more; coughs, breaths and pops that pass start_ms are shorter.
     """
 
-    start_ms: int = 60
+    start_ms: int = 40
     end_silence_ms: int = 700
     frame_ms: int = 20
     start_window_ms: int = 100
@@ -113,7 +132,9 @@ _IN_SPEECH = frozenset({TurnState.SPEECH, TurnState.TRAILING})
 class TurnDetector:
     """Per-call turn state machine over per-frame VAD verdicts (see module doc)."""
 
-    __slots__ = ("_last_voiced_ms", "_now_ms", "_onset_ms", "_voiced_ms", "config", "state")
+    __slots__ = (
+        "_last_voiced_ms", "_now_ms", "_onset_ms", "_periodic", "_voiced_ms", "_voicing", "config", "state",
+    )
 
     config: TurnConfig
     state: TurnState
@@ -121,9 +142,12 @@ class TurnDetector:
     _voiced_ms: int  # voiced time in the run, while in ONSET
     _last_voiced_ms: int  # end of the run's latest voiced frame
     _now_ms: int | None  # end of the last frame processed
+    _periodic: bool  # a periodic frame in the run, while in ONSET
+    _voicing: Callable[[], bool] | None
 
-    def __init__(self, config: TurnConfig = TurnConfig()) -> None:
+    def __init__(self, config: TurnConfig = TurnConfig(), voicing: Callable[[], bool] | None = None) -> None:
         self.config = config
+        self._voicing = voicing
         self.reset()
 
     def reset(self) -> None:
@@ -134,6 +158,7 @@ class TurnDetector:
         self._voiced_ms = 0
         self._last_voiced_ms = 0
         self._now_ms = None
+        self._periodic = False
 
     @property
     def in_speech(self) -> bool:
@@ -177,9 +202,13 @@ class TurnDetector:
             self.state = TurnState.ONSET
             self._onset_ms = now_ms - config.frame_ms
             self._voiced_ms = 0
+            self._periodic = self._voicing is None
         self._voiced_ms += config.frame_ms
         self._last_voiced_ms = now_ms
-        if self._voiced_ms < config.start_ms:
+        if not self._periodic:
+            assert self._voicing is not None
+            self._periodic = self._voicing()
+        if self._voiced_ms < config.start_ms or not self._periodic:
             return None
         self.state = TurnState.SPEECH
         return SpeechStarted(at_ms=now_ms, onset_ms=self._onset_ms)

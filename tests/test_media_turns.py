@@ -9,9 +9,13 @@ import pytest
 
 from media.turns import SpeechEnded, SpeechStarted, TurnConfig, TurnDetector, TurnEvent, TurnState
 
+# The state-machine cases below were written for three frames of evidence (the
+# default was 60 ms before voicing); the default's own cases are marked.
+THREE = TurnConfig(start_ms=60)
+
 
 def run(pattern: str, detector: TurnDetector | None = None, start_ms: int = 0) -> list[TurnEvent]:
-    detector = detector or TurnDetector()
+    detector = detector or TurnDetector(THREE)
     events = []
     for i, mark in enumerate(pattern.replace(" ", "")):
         event = detector.process(mark == "#", start_ms + 20 * (i + 1))
@@ -22,7 +26,7 @@ def run(pattern: str, detector: TurnDetector | None = None, start_ms: int = 0) -
 
 def states(pattern: str) -> str:
     """The state after each frame, as one letter: S(ilence) O(nset) P (speech) T(railing)."""
-    detector = TurnDetector()
+    detector = TurnDetector(THREE)
     letters = {
         TurnState.SILENCE: "S",
         TurnState.ONSET: "O",
@@ -52,7 +56,7 @@ def test_states_through_a_turn() -> None:
 
 
 def test_in_speech_excludes_onset() -> None:
-    d = TurnDetector()
+    d = TurnDetector(THREE)
     seen = []
     for i, voiced in enumerate([True, True, True, False]):
         d.process(voiced, 20 * (i + 1))
@@ -141,7 +145,7 @@ def test_events_alternate_on_random_verdicts() -> None:
 
 
 def test_reset_forgets_the_run_and_allows_time_to_restart() -> None:
-    d = TurnDetector()
+    d = TurnDetector(THREE)
     assert run("####", d)[0] == SpeechStarted(at_ms=60, onset_ms=0)
     d.reset()
     assert d.state is TurnState.SILENCE and not d.in_speech
@@ -153,14 +157,14 @@ def test_reset_forgets_the_run_and_allows_time_to_restart() -> None:
 
 
 def test_time_must_increase() -> None:
-    d = TurnDetector()
+    d = TurnDetector(THREE)
     d.process(False, 20)
     with pytest.raises(ValueError, match="increase"):
         d.process(False, 20)
 
 
 def test_missing_frames_count_as_time_passing() -> None:
-    d = TurnDetector()
+    d = TurnDetector(THREE)
     assert run("###", d)[0] == SpeechStarted(at_ms=60, onset_ms=0)
     assert d.process(False, 80) is None
     assert d.process(False, 760) == SpeechEnded(
@@ -180,15 +184,82 @@ def test_immediate_config_edges() -> None:
 
 def test_config_is_frozen_and_validated() -> None:
     config = TurnConfig()
-    assert (config.start_ms, config.end_silence_ms, config.frame_ms) == (60, 700, 20)
+    assert (config.start_ms, config.end_silence_ms, config.frame_ms) == (40, 700, 20)
     assert (config.start_window_ms, config.min_turn_ms, config.onset_gap_ms) == (100, 120, 20)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.start_ms = 40  # type: ignore[misc]
     for bad in (
         {"frame_ms": 0},
-        {"start_window_ms": 40},
+        {"start_window_ms": 30},
         {"min_turn_ms": -1},
         {"end_silence_ms": 0},
     ):
         with pytest.raises(ValueError):
             TurnConfig(**bad)  # type: ignore[arg-type]
+
+
+# --- voicing: "~" a voiced frame that is not periodic (hiss, breath, an /s/), "#" one that is ---
+
+
+def run_voicing(pattern: str) -> tuple[list[TurnEvent], list[int]]:
+    """Feed `pattern` to a detector whose `voicing` answers for the frame just
+    fed; also return the frames (0-based) it was asked about."""
+    current = [0]
+    asked: list[int] = []
+
+    def voicing() -> bool:
+        asked.append(current[0])
+        return pattern[current[0]] == "#"
+
+    detector = TurnDetector(THREE, voicing=voicing)
+    events = []
+    for i, mark in enumerate(pattern):
+        current[0] = i
+        event = detector.process(mark in "#~", 20 * (i + 1))
+        if event is not None:
+            events.append(event)
+    return events, asked
+
+
+def test_without_a_periodic_frame_no_turn_starts() -> None:
+    events, asked = run_voicing("..~~~~~~~~~~~~.." + "." * 40)  # a 240 ms cough
+    assert events == []
+    assert asked == list(range(2, 14))  # every voiced frame of the onset, one at a time
+
+
+def test_frames_before_the_first_periodic_one_count_toward_start_ms() -> None:
+    # /h/ /h/ then the vowel: the turn starts at the vowel's frame, onset at the /h/
+    events, asked = run_voicing("..~~##########" + "." * 40)
+    assert events[0] == SpeechStarted(at_ms=100, onset_ms=40)
+    assert asked == [2, 3, 4]  # not asked again once the run has a periodic frame
+
+
+def test_a_periodic_first_frame_still_needs_start_ms() -> None:
+    events, asked = run_voicing("#~~" + "." * 40)
+    assert events[0] == SpeechStarted(at_ms=60, onset_ms=0)
+    assert asked == [0]
+
+
+def test_voicing_is_not_asked_inside_a_turn_and_resets_per_run() -> None:
+    # a turn, a pause inside it (no questions), then after it ended an aperiodic run
+    events, asked = run_voicing("###~~" + "." * 10 + "~~~" + "." * 40 + "~~~~~" + "." * 10)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    assert asked == [0, 58, 59, 60, 61, 62]  # the first run, then the aperiodic one
+
+
+def test_the_onset_window_still_bounds_a_run_waiting_for_voicing() -> None:
+    # 100 ms of aperiodic voiced frames, then the vowel: the run restarted at
+    # the window's end, so the onset is the frame after it
+    events, _ = run_voicing("~~~~~~###" + "." * 40)
+    assert events[0] == SpeechStarted(at_ms=160, onset_ms=100)
+
+
+def test_the_default_starts_a_turn_on_two_voiced_frames() -> None:
+    # two frames, one of them periodic: a turn; two aperiodic frames or one frame: none
+    detector = TurnDetector(voicing=lambda: True)
+    assert detector.process(True, 20) is None
+    assert detector.process(True, 40) == SpeechStarted(at_ms=40, onset_ms=0)
+    detector = TurnDetector(voicing=lambda: False)
+    assert [detector.process(True, t) for t in (20, 40, 60)] == [None, None, None]
+    detector = TurnDetector(voicing=lambda: True)
+    assert [detector.process(v, t) for v, t in ((True, 20), (False, 40), (False, 60))] == [None, None, None]

@@ -18,8 +18,8 @@ Every speech trial is run twice, on the same audio:
   it, so the frame whose processing sent `clear` is known exactly. Latency =
   end of that frame − true onset (media ms). It includes Twilio's framing
   (the onset frame is only complete 0-20 ms after the onset) and the turn
-  detector's evidence (60 ms of voiced frames), and is independent of the
-  machine.
+  detector's evidence (40 ms of voiced frames, one of them periodic), and is
+  independent of the machine.
 - wall time at real-time pacing: frames go out every 20 ms (each at the end
   of the 20 ms it carries, as Twilio sends them), several calls at once.
   Latency = `clear` received − the frame carrying the onset was sent. It adds
