@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from agent.ports import SttEvent, Transcript
-from agent.stt_sphinx import SphinxSpeechToText
+from agent.stt_sphinx import SphinxSettings, SphinxSpeechToText, default_workers
 from agent.tts_espeak import synthesize_8k
 from media import mulaw
 
@@ -70,7 +70,7 @@ async def _ticker(stop: asyncio.Event, lates: list[float]) -> None:
 
 async def run(calls: int, turns: int, idle: bool, workers: int | None) -> None:
     audio = [_turn_audio(SENTENCES[i % len(SENTENCES)]) for i in range(turns)]
-    stt = None if idle else SphinxSpeechToText(**({"workers": workers} if workers else {}))
+    stt = None if idle else SphinxSpeechToText(SphinxSettings(workers=workers or default_workers()))
     if stt is not None:
         await stt.warm_up()
     stop = asyncio.Event()

@@ -35,11 +35,13 @@ event loop and threads), lazily on the first decode or `warm_up`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import queue
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -137,7 +139,19 @@ class _Worker:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+        process = self.process
+        try:
+            return process.pid if process is not None else None
+        except ValueError:  # closed by another thread meanwhile
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL the process (from another thread: the one waiting on its
+        pipe sees it close)."""
+        process = self.process
+        if process is not None:
+            with contextlib.suppress(ValueError, OSError):  # already closed or gone
+                process.kill()
 
     def stop(self) -> None:
         """Ask the process to stop; terminate, then kill it if it does not."""
@@ -145,10 +159,8 @@ class _Worker:
             process, conn = self.process, self.conn
             self.process = self.conn = None
         if conn is not None:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
             conn.close()
         if process is None:
             return
@@ -234,10 +246,20 @@ class DecoderPool:
         await asyncio.to_thread(self._join)
 
     def _join(self) -> None:
+        """Wait for the pool threads; a decode still running after
+        STOP_WAIT_S is cut short by killing its process."""
+        deadline = time.monotonic() + STOP_WAIT_S
         for thread in self._threads:
-            thread.join(STOP_WAIT_S * 3 + self._decode_timeout_s)
-        for worker in self._workers:
-            worker.stop()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for worker, thread in zip(self._workers, self._threads, strict=True):
+            if thread.is_alive():
+                log.warning("sphinx: decoder worker %d still busy at close: killing it", worker.index)
+                worker.kill()
+        for thread in self._threads:
+            thread.join(STOP_WAIT_S * 4)
+        if not self._threads:
+            for worker in self._workers:
+                worker.stop()
 
     # --- pool threads ---------------------------------------------------------------
 
@@ -265,10 +287,8 @@ class DecoderPool:
                     result = self._decode(worker, job)
                 except Exception as exc:
                     error = exc
-                try:
+                with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
                     job.loop.call_soon_threadsafe(_settle, job.future, result, error)
-                except RuntimeError:
-                    pass  # that loop is closed: nobody waits for the answer
         finally:
             worker.stop()
 
@@ -302,6 +322,8 @@ class DecoderPool:
 
     def _ensure_process(self, worker: _Worker, call_sid: str) -> Connection:
         with worker.lock:
+            if self._closed:
+                raise PoolClosed("the sphinx decoder pool is closing")
             if worker.process is not None and worker.conn is not None:
                 if worker.process.is_alive():
                     return worker.conn

@@ -1,0 +1,163 @@
+"""The offline recognizer's decoder worker processes: a worker killed while
+idle or in the middle of a call's decode, twice on one decode, a worker that
+never answers at shutdown. Real processes, real signals, real pocketsphinx.
+
+A decode is caught in flight deterministically: the worker is stopped
+(SIGSTOP) before the turn ends, the test waits until the pool says the
+call's decode is in flight, then kills it (SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import numpy as np
+import pytest
+from test_stt_sphinx import Call, open_call, said
+
+from agent.ports import SttFailure, Transcript
+from agent.stt_sphinx import SphinxSpeechToText
+from agent.stt_sphinx_workers import DecoderPool
+
+
+async def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Poll the loop until `condition()`; a hang guard, not a timing check."""
+    for _ in range(6000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+def pool_of(stt: SphinxSpeechToText) -> DecoderPool:
+    return stt._pool
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie waiting for its parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def end_turn_with_decode_in_flight(call: Call, pool: DecoderPool, audio: bytes) -> int:
+    """Play a turn to a stopped worker; return its pid once the final's decode is in it."""
+    pid = pool.pids[0]
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    call.play(audio)
+    call.stream.end_turn(call.now)
+    await until(lambda: (pid, call.stream.call_sid) in pool.busy(), "decode in flight")
+    return pid
+
+
+async def test_a_worker_killed_while_idle_is_restarted_for_the_next_decode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stt = SphinxSpeechToText(workers=1)
+    try:
+        await stt.warm_up()
+        pool = pool_of(stt)
+        pid = pool.pids[0]
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: dead(pid), "worker dead")
+        call = await open_call(stt)
+        with caplog.at_level(logging.INFO, "agent.stt_sphinx_workers"):
+            final = await call.turn(said("billing", "en-us+f2"))
+        assert final.text == "billing"
+        assert pool.restarts == 1 and pool.pids[0] != pid
+        assert any("died while idle" in r.message and "CAtest" in r.message for r in caplog.records)
+        assert not any(isinstance(e, SttFailure) for e in call.events)
+        await call.stream.aclose()
+    finally:
+        await stt.aclose()
+
+
+async def test_a_worker_dying_mid_decode_fails_over_to_a_restarted_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stt = SphinxSpeechToText(workers=1)
+    try:
+        await stt.warm_up()
+        pool = pool_of(stt)
+        call = await open_call(stt)
+        with caplog.at_level(logging.INFO, "agent.stt_sphinx_workers"):
+            pid = await end_turn_with_decode_in_flight(call, pool, said("agent", "en-us+f5"))
+            os.kill(pid, signal.SIGKILL)
+            await call.stream.flush()
+        finals = [e for e in call.events if isinstance(e, Transcript) and e.end_of_turn]
+        assert [f.text for f in finals] == ["agent"]  # decoded again by the new worker
+        assert not any(isinstance(e, SttFailure) for e in call.events)
+        assert pool.restarts == 1
+        assert any(
+            "died" in r.message and "CAtest" in r.message and "decoding again" in r.message
+            for r in caplog.records
+        )
+        await call.stream.aclose()
+    finally:
+        await stt.aclose()
+
+
+async def test_a_worker_dying_twice_on_one_decode_fails_that_turn_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stt = SphinxSpeechToText(workers=1)
+    try:
+        await stt.warm_up()
+        pool = pool_of(stt)
+        call = await open_call(stt)
+        with caplog.at_level(logging.INFO):
+            pid = await end_turn_with_decode_in_flight(call, pool, said("agent", "en-us+f5"))
+            os.kill(pid, signal.SIGKILL)
+            # the replacement, killed as soon as it exists (before it answers)
+            await until(lambda: pool.pids[0] not in (None, pid), "replacement started")
+            second = pool.pids[0]
+            assert second is not None
+            os.kill(second, signal.SIGKILL)
+            await call.stream.flush()
+        failures = [e for e in call.events if isinstance(e, SttFailure)]
+        assert len(failures) == 1 and failures[0].retryable
+        assert "died" in failures[0].reason
+        finals = [e for e in call.events if isinstance(e, Transcript) and e.end_of_turn]
+        assert [f.text for f in finals] == [""]  # the turn still ends
+        assert any(
+            "CAtest" in r.message and "the decode fails" in r.message for r in caplog.records
+        )
+        # the call goes on: the next turn is decoded by a third worker
+        assert (await call.turn(said("billing", "en-us+f2"))).text == "billing"
+        assert pool.restarts == 2
+        await call.stream.aclose()
+    finally:
+        await stt.aclose()
+
+
+async def test_close_stops_every_worker_even_one_that_never_answers() -> None:
+    stt = SphinxSpeechToText(workers=2)
+    await stt.warm_up()
+    pool = pool_of(stt)
+    pids = [p for p in pool.pids if p is not None]
+    assert len(pids) == 2 and pool.created == 2
+    call = await open_call(stt)
+    await end_turn_with_decode_in_flight(call, pool, said("agent", "en-us+f5"))
+    await asyncio.wait_for(stt.aclose(), 60)  # a hang guard: it takes ~2 s
+    assert all(gone(pid) for pid in pids)
+    await call.stream.flush()
+    finals = [e for e in call.events if isinstance(e, Transcript) and e.end_of_turn]
+    assert [f.text for f in finals] == [""]  # the decode cut short still ends the turn
+    with pytest.raises(RuntimeError, match="closed"):
+        await pool.recognize(np.zeros(800, np.int16), ["agent"], partial=False)
+    await call.stream.aclose()
