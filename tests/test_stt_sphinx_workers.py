@@ -161,3 +161,17 @@ async def test_close_stops_every_worker_even_one_that_never_answers() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         await pool.recognize(np.zeros(800, np.int16), ["agent"], partial=False)
     await call.stream.aclose()
+
+
+def test_the_worker_count_is_a_setting() -> None:
+    from agent.settings import ConfigError, load_settings
+    from agent.stt_sphinx import default_workers
+    from agent.wiring import build_speech_to_text
+
+    stt = build_speech_to_text(load_settings({"CALLSTREAM_SPHINX_WORKERS": "3"}, env_file=None))
+    assert isinstance(stt, SphinxSpeechToText) and stt.settings.workers == 3
+    stt = build_speech_to_text(load_settings({}, env_file=None))
+    assert isinstance(stt, SphinxSpeechToText) and stt.settings.workers == default_workers()
+    for bad in ("-1", "65", "two"):
+        with pytest.raises(ConfigError, match="CALLSTREAM_SPHINX_WORKERS"):
+            load_settings({"CALLSTREAM_SPHINX_WORKERS": bad}, env_file=None)
