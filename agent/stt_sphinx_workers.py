@@ -28,18 +28,25 @@ dies loses no call state. Faults:
                                      process is asked to stop, then terminated,
                                      then killed (a few seconds at most)
 
-Processes start with the "spawn" context (never fork a process running an
-event loop and threads), lazily on the first decode or `warm_up`.
+Each worker is a fresh interpreter (`python -c …`, like multiprocessing's
+"spawn": never fork a process running an event loop and threads) talking
+over a socket pair with multiprocessing's `Connection` framing. Not
+multiprocessing's spawn itself: it re-imports the server's `__main__` in the
+child, which starts processes again from any entry script without a
+`__main__` guard. Workers start on the first decode or at `warm_up`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import multiprocessing
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -54,8 +61,6 @@ from agent.sphinx_grammar import Judgement
 from agent.stt_sphinx_decoder import RecognizerInitError
 
 if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
-
     from agent.stt_sphinx import SphinxSettings
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,38 @@ def serve_decodes(conn: Connection, model_dir: str | None, max_grammars: int) ->
         conn.send(("ok", j.text, j.confidence, j.speech_frames))
 
 
+_CHILD = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "from agent.stt_sphinx_workers import child_main; child_main()"
+)
+
+
+def _spawn(settings: SphinxSettings) -> tuple[subprocess.Popen[bytes], Connection]:
+    """Start one worker: a fresh interpreter with our import path, the
+    socket's other end as its only extra descriptor."""
+    ours, theirs = socket.socketpair()
+    try:
+        config = {"fd": theirs.fileno(), "model_dir": settings.model_dir,
+                  "max_grammars": settings.max_grammars}
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, json.dumps(sys.path), json.dumps(config)],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return process, Connection(ours.detach())
+
+
+def child_main() -> None:
+    """`_CHILD`'s entry point: argv[2] says which descriptor and model."""
+    config = json.loads(sys.argv[2])
+    serve_decodes(Connection(config["fd"]), config["model_dir"], config["max_grammars"])
+
+
 # --- the server's side -------------------------------------------------------------------
 
 
@@ -132,7 +169,7 @@ class _Worker:
     def __init__(self, index: int) -> None:
         self.index = index
         self.lock = threading.Lock()
-        self.process: BaseProcess | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.busy_sid: str | None = None  # the call whose decode is in flight
         self.starts = 0
@@ -140,17 +177,14 @@ class _Worker:
     @property
     def pid(self) -> int | None:
         process = self.process
-        try:
-            return process.pid if process is not None else None
-        except ValueError:  # closed by another thread meanwhile
-            return None
+        return process.pid if process is not None else None
 
     def kill(self) -> None:
         """SIGKILL the process (from another thread: the one waiting on its
         pipe sees it close)."""
         process = self.process
         if process is not None:
-            with contextlib.suppress(ValueError, OSError):  # already closed or gone
+            with contextlib.suppress(OSError):  # already gone
                 process.kill()
 
     def stop(self) -> None:
@@ -164,14 +198,14 @@ class _Worker:
             conn.close()
         if process is None:
             return
-        process.join(STOP_WAIT_S)
-        if process.is_alive():
-            process.terminate()
-            process.join(STOP_WAIT_S)
-        if process.is_alive():
-            process.kill()
-            process.join(STOP_WAIT_S)
-        process.close()
+        for end in (None, process.terminate, process.kill):
+            if end is not None:
+                end()
+            try:
+                process.wait(STOP_WAIT_S)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
 
 class DecoderPool:
@@ -180,7 +214,6 @@ class DecoderPool:
     def __init__(self, settings: SphinxSettings, *, decode_timeout_s: float = 60.0) -> None:
         self._settings = settings
         self._decode_timeout_s = decode_timeout_s
-        self._ctx = multiprocessing.get_context("spawn")
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._workers = [_Worker(i) for i in range(max(1, settings.workers))]
         self._threads: list[threading.Thread] = []
@@ -325,24 +358,15 @@ class DecoderPool:
             if self._closed:
                 raise PoolClosed("the sphinx decoder pool is closing")
             if worker.process is not None and worker.conn is not None:
-                if worker.process.is_alive():
+                if worker.process.poll() is None:
                     return worker.conn
                 log.error(
                     "sphinx: decoder worker %d (pid %s) died while idle (exit code %s); "
                     "restarting it for call %s",
-                    worker.index, worker.process.pid, worker.process.exitcode, call_sid or "-",
+                    worker.index, worker.process.pid, worker.process.returncode, call_sid or "-",
                 )
                 self._reap(worker)
-            ours, theirs = self._ctx.Pipe()
-            s = self._settings
-            process = self._ctx.Process(
-                target=serve_decodes,
-                args=(theirs, s.model_dir, s.max_grammars),
-                name=f"sphinx-decoder-{worker.index}",
-                daemon=True,  # never outlives the server
-            )
-            process.start()
-            theirs.close()
+            process, ours = _spawn(self._settings)
             worker.process, worker.conn = process, ours
             with self._lock:
                 self.restarts += worker.starts > 0
@@ -362,7 +386,7 @@ class DecoderPool:
         with worker.lock:
             pid = worker.pid
             process = worker.process
-            if process is not None and process.is_alive():
+            if process is not None and process.poll() is None:
                 process.kill()  # hung, or its pipe broke: do not trust it
             code = self._reap(worker)
         return pid, code
@@ -376,11 +400,9 @@ class DecoderPool:
             conn.close()
         if process is None:
             return None
-        process.join(STOP_WAIT_S)
-        code = process.exitcode
-        if code is not None:
-            process.close()
-        return code
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_WAIT_S)
+        return process.returncode
 
 
 def _answer(reply: Any) -> Judgement:
