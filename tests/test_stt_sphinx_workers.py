@@ -13,6 +13,9 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,8 @@ from test_stt_sphinx import Call, open_call, said
 from agent.ports import SttFailure, Transcript
 from agent.stt_sphinx import SphinxSpeechToText
 from agent.stt_sphinx_workers import DecoderPool
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -175,3 +180,27 @@ def test_the_worker_count_is_a_setting() -> None:
     for bad in ("-1", "65", "two"):
         with pytest.raises(ConfigError, match="CALLSTREAM_SPHINX_WORKERS"):
             load_settings({"CALLSTREAM_SPHINX_WORKERS": bad}, env_file=None)
+
+
+def test_workers_start_from_a_script_without_a_main_guard(tmp_path: Path) -> None:
+    """The workers do not re-import the server's __main__ (multiprocessing's
+    spawn would, and this script would then start processes recursively)."""
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import asyncio\n"
+        "import numpy as np\n"
+        "from agent.stt_sphinx import SphinxSpeechToText\n"
+        "async def main():\n"
+        "    stt = SphinxSpeechToText(workers=1)\n"
+        "    j = await stt._pool.recognize(np.zeros(8000, np.int16), ['agent'], partial=False)\n"
+        "    await stt.aclose()\n"
+        "    print('decoded', repr(j.text), stt.decoders_created)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "decoded '' 1"
+    assert "bootstrapping" not in done.stderr
