@@ -6,7 +6,8 @@ frame by frame in real time (one 20 ms frame per 20 ms, as Twilio sends
 them), ending each turn as the session does. The ticker's oversleep (how
 late each 10 ms sleep wakes) is what every call's media path on the same
 loop suffers. `--idle` runs the same calls without recognition: the
-machine's own scheduling noise, to subtract.
+machine's own scheduling noise, to subtract. `--hop` instead times one
+partial decode in this process and through a worker process (the hop's cost).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from media import mulaw
 
 PHRASES = ["billing", "invoice", "payment", "support", "technical", "agent", "operator"]
 SENTENCES = ["can I speak to an operator", "billing", "I have a question about my invoice"]
+HOP_SENTENCES = ["billing", "I have a question about my invoice please and thank you"]
 
 
 def _turn_audio(text: str) -> bytes:
@@ -92,13 +94,43 @@ async def run(calls: int, turns: int, idle: bool, workers: int | None) -> None:
         print("finals:", finals)
 
 
+async def hop(runs: int = 8) -> None:
+    from agent.stt_sphinx import Recognizer
+
+    for text in HOP_SENTENCES:
+        pcm = np.frombuffer(_turn_audio(text), "<i2").astype(np.int16)
+        recognizer = Recognizer()
+        here = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            recognizer.recognize(pcm, tuple(PHRASES), partial=True)
+            here.append(time.perf_counter() - t)
+        stt = SphinxSpeechToText(SphinxSettings(workers=1))
+        await stt.warm_up()
+        there = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            await stt._pool.recognize(pcm, PHRASES, partial=True)
+            there.append(time.perf_counter() - t)
+        await stt.aclose()
+        print(
+            f"{len(pcm) / 8000:.1f} s utterance: in this process median "
+            f"{statistics.median(here) * 1000:.1f} ms, through a worker "
+            f"{statistics.median(there) * 1000:.1f} ms"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--idle", action="store_true", help="no recognition: the baseline")
+    parser.add_argument("--hop", action="store_true", help="time a decode here and in a worker")
     args = parser.parse_args()
+    if args.hop:
+        asyncio.run(hop())
+        return
     asyncio.run(run(args.calls, args.turns, args.idle, args.workers))
 
 
