@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import signal
 import socket
@@ -123,6 +124,10 @@ _CHILD = (
 )
 
 
+# one decode is one thread's work: no BLAS thread pools in the workers
+_CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def _spawn(settings: SphinxSettings) -> tuple[subprocess.Popen[bytes], Connection]:
     """Start one worker: a fresh interpreter with our import path, the
     socket's other end as its only extra descriptor."""
@@ -134,6 +139,7 @@ def _spawn(settings: SphinxSettings) -> tuple[subprocess.Popen[bytes], Connectio
             [sys.executable, "-c", _CHILD, json.dumps(sys.path), json.dumps(config)],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
+            env=_CHILD_ENV | dict(os.environ),
         )
     except BaseException:
         ours.close()
