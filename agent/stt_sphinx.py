@@ -87,8 +87,9 @@ class SphinxSpeechToText:
     """`SpeechToText` with pocketsphinx: no network, no credentials.
 
     `workers` decoder processes are shared by every call (size it to the
-    cores you give to recognition; CALLSTREAM_SPHINX_WORKERS). They start on
-    the first decode, or at `warm_up()`; `aclose()` stops them.
+    cores you give to recognition; CALLSTREAM_SPHINX_WORKERS). They start
+    when the first stream opens (`warm_up()` starts them and waits for them);
+    `aclose()` stops them.
     """
 
     name = "sphinx"
@@ -110,6 +111,7 @@ class SphinxSpeechToText:
     async def open_stream(
         self, call_sid: str, on_event: Callable[[SttEvent], None]
     ) -> SphinxStream:
+        self._pool.start()  # workers load while the call's greeting plays
         return SphinxStream(self._pool, self.settings, call_sid, on_event)
 
     async def aclose(self) -> None:

@@ -33,7 +33,8 @@ Each worker is a fresh interpreter (`python -c …`, like multiprocessing's
 over a socket pair with multiprocessing's `Connection` framing. Not
 multiprocessing's spawn itself: it re-imports the server's `__main__` in the
 child, which starts processes again from any entry script without a
-`__main__` guard. Workers start on the first decode or at `warm_up`.
+`__main__` guard. Each pool thread starts its worker as soon as it starts:
+when the first stream opens (`start`), on a decode, or at `warm_up`.
 """
 
 from __future__ import annotations
@@ -302,6 +303,11 @@ class DecoderPool:
 
     # --- pool threads ---------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the pool threads, each starting its worker process, without
+        waiting (the provider calls this when the first call's stream opens)."""
+        self._start_threads()
+
     def _start_threads(self) -> None:
         with self._lock:
             if self._threads or self._closed:
@@ -315,6 +321,10 @@ class DecoderPool:
 
     def _serve(self, worker: _Worker) -> None:
         try:
+            try:
+                self._ensure_process(worker, "-")  # ready before the first decode
+            except Exception as exc:  # the first decode tries again
+                log.error("sphinx: decoder worker %d did not start: %r", worker.index, exc)
             while (job := self._jobs.get()) is not None:
                 if job.future.cancelled():
                     continue  # the stream closed meanwhile

@@ -198,3 +198,19 @@ def test_workers_start_from_a_script_without_a_main_guard(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "decoded '' 1"
     assert "bootstrapping" not in done.stderr
+
+
+async def test_workers_start_when_the_first_stream_opens() -> None:
+    """They load while the first call's greeting plays, not on its first turn."""
+    stt = SphinxSpeechToText(workers=2)
+    try:
+        pool = pool_of(stt)
+        assert pool.pids == [None, None]
+        call = await open_call(stt)
+        await until(lambda: None not in pool.pids, "workers started")
+        assert pool.created == 2 and not call.events
+        assert (await call.turn(said("billing", "en-us+f2"))).text == "billing"
+        assert pool.created == 2
+        await call.stream.aclose()
+    finally:
+        await stt.aclose()
