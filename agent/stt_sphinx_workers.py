@@ -288,6 +288,10 @@ class DecoderPool:
     def _join(self) -> None:
         """Wait for the pool threads; a decode still running after
         STOP_WAIT_S is cut short by killing its process."""
+        if not self._threads:  # never started (warm_up may have started workers)
+            for worker in self._workers:
+                worker.stop()
+            return
         deadline = time.monotonic() + STOP_WAIT_S
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -297,9 +301,6 @@ class DecoderPool:
                 worker.kill()
         for thread in self._threads:
             thread.join(STOP_WAIT_S * 4)
-        if not self._threads:
-            for worker in self._workers:
-                worker.stop()
 
     # --- pool threads ---------------------------------------------------------------
 

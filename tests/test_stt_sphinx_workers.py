@@ -214,3 +214,10 @@ async def test_workers_start_when_the_first_stream_opens() -> None:
         await call.stream.aclose()
     finally:
         await stt.aclose()
+
+
+async def test_a_provider_never_used_closes_cleanly() -> None:
+    stt = SphinxSpeechToText(workers=2)
+    await stt.aclose()
+    await stt.aclose()  # twice is harmless
+    assert stt.decoders_created == 0
