@@ -273,13 +273,8 @@ class DecoderPool:
             if self._closed:
                 return
             self._closed = True
-            started = bool(self._threads)
-        if started:
-            for _ in self._threads:
-                self._jobs.put(None)
-        else:
-            for worker in self._workers:
-                worker.stop()  # warm_up may have started some
+        for _ in self._threads:  # workers exist only once their threads do
+            self._jobs.put(None)
 
     async def aclose(self) -> None:
         self.close()
@@ -288,10 +283,8 @@ class DecoderPool:
     def _join(self) -> None:
         """Wait for the pool threads; a decode still running after
         STOP_WAIT_S is cut short by killing its process."""
-        if not self._threads:  # never started (warm_up may have started workers)
-            for worker in self._workers:
-                worker.stop()
-            return
+        if not self._threads:
+            return  # never started: no workers either
         deadline = time.monotonic() + STOP_WAIT_S
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -390,13 +383,20 @@ class DecoderPool:
                 self.created += 1
             worker.starts += 1
             # wait for the model to load (the GIL is released meanwhile)
-            if not ours.poll(self._decode_timeout_s):
-                raise TimeoutError(f"decoder worker not ready in {self._decode_timeout_s:g} s")
-            _, init_error = ours.recv()
-            log.info(
-                "sphinx: decoder worker %d started (pid %s)%s", worker.index, process.pid,
-                f"; its model did not load: {init_error}" if init_error else "",
-            )
+            try:
+                if not ours.poll(self._decode_timeout_s):
+                    raise TimeoutError(f"not ready in {self._decode_timeout_s:g} s")
+                _, init_error = ours.recv()
+            except BaseException:
+                if process.poll() is None:
+                    process.kill()
+                self._reap(worker)  # the next decode starts another
+                raise
+            if init_error:
+                log.error("sphinx: decoder worker %d (pid %s) started but its model did not "
+                          "load: %s", worker.index, process.pid, init_error)
+            else:
+                log.info("sphinx: decoder worker %d started (pid %s)", worker.index, process.pid)
             return ours
 
     def _discard(self, worker: _Worker) -> tuple[int | None, int | None]:

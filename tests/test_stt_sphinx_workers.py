@@ -50,13 +50,17 @@ def gone(pid: int) -> bool:
 
 
 async def end_turn_with_decode_in_flight(call: Call, pool: DecoderPool, audio: bytes) -> int:
-    """Play a turn to a stopped worker; return its pid once the final's decode is in it."""
-    pid = pool.pids[0]
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    """Play a turn to stopped workers; return the pid of the one the final's decode is in."""
+    pids = [p for p in pool.pids if p is not None]
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     call.play(audio)
     call.stream.end_turn(call.now)
-    await until(lambda: (pid, call.stream.call_sid) in pool.busy(), "decode in flight")
+    sid = call.stream.call_sid
+    await until(lambda: any(s == sid for _, s in pool.busy()), "decode in flight")
+    pid = next(p for p, s in pool.busy() if s == sid)
+    assert pid is not None
     return pid
 
 
@@ -152,7 +156,9 @@ async def test_close_stops_every_worker_even_one_that_never_answers() -> None:
     assert len(pids) == 2 and pool.created == 2
     call = await open_call(stt)
     await end_turn_with_decode_in_flight(call, pool, said("agent", "en-us+f5"))
-    await asyncio.wait_for(stt.aclose(), 60)  # a hang guard: it takes ~2 s
+    # a hang guard: ~2 s for the busy worker (killed), ~4 s for the stopped
+    # idle one (asked, SIGTERM stays pending on a stopped process, SIGKILL)
+    await asyncio.wait_for(stt.aclose(), 60)
     assert all(gone(pid) for pid in pids)
     await call.stream.flush()
     finals = [e for e in call.events if isinstance(e, Transcript) and e.end_of_turn]
