@@ -62,6 +62,7 @@ class Settings:
     delete_twilio_recordings: bool = False
     archive_max_attempts: int = 20
     drain_s: int = 25  # CALLSTREAM_DRAIN_S: SIGTERM lets calls finish this long (agent/shutdown.py)
+    sphinx_workers: int = 0  # CALLSTREAM_SPHINX_WORKERS: decoder processes; 0: min(2, cores)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -169,6 +170,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
         delete_twilio_recordings=_flag(env, "CALLSTREAM_DELETE_TWILIO_RECORDINGS"),
         archive_max_attempts=_int(env, "CALLSTREAM_ARCHIVE_MAX_ATTEMPTS", 20),
         drain_s=_int(env, "CALLSTREAM_DRAIN_S", 25),
+        sphinx_workers=_int(env, "CALLSTREAM_SPHINX_WORKERS", 0),
     )
     check_settings(settings)
     return settings
@@ -232,6 +234,8 @@ def check_settings(s: Settings) -> None:
     if s.max_messages_per_s != 0 and s.max_messages_per_s < 100:
         # Twilio alone sends 50 media messages a second plus mark echoes and keys
         raise ConfigError("CALLSTREAM_MAX_MESSAGES_PER_S must be 0 (no limit) or at least 100")
+    if not 0 <= s.sphinx_workers <= 64:
+        raise ConfigError("CALLSTREAM_SPHINX_WORKERS must be between 1 and 64 decoder processes (unset: min(2, cores))")
     if not 0 < s.start_timeout_s <= 300:
         raise ConfigError("CALLSTREAM_START_TIMEOUT_S must be more than 0 and at most 300 seconds")
     check_archive_settings(s)

@@ -85,9 +85,9 @@ def build_speech_to_text(settings: Settings) -> SpeechToText | None:
     if settings.stt == "none":
         return None
     if settings.stt == "sphinx":
-        from agent.stt_sphinx import SphinxSpeechToText
+        from agent.stt_sphinx import SphinxSpeechToText, default_workers
 
-        return SphinxSpeechToText()
+        return SphinxSpeechToText(workers=settings.sphinx_workers or default_workers())
     if settings.stt == "deepgram":
         from agent.stt_deepgram import DeepgramOptions, DeepgramSpeechToText
 
@@ -158,9 +158,9 @@ def build_fallbacks(settings: Settings) -> tuple[SpeechToText | None, TextToSpee
     stt: SpeechToText | None = None
     tts: TextToSpeech | None = None
     if settings.stt == "deepgram":
-        from agent.stt_sphinx import SphinxSpeechToText
+        from agent.stt_sphinx import SphinxSpeechToText, default_workers
 
-        stt = SphinxSpeechToText()
+        stt = SphinxSpeechToText(workers=settings.sphinx_workers or default_workers())
     if settings.tts == "polly":
         from agent.tts_cache import CachedTextToSpeech
         from agent.tts_espeak import EspeakTextToSpeech
