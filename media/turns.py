@@ -59,7 +59,7 @@ class TurnConfig:
     or two frames fired on clicks, pops and crackles, hence 60 ms until
     media/vad.py's `periodic` was asked: a run now also needs a periodic
     frame, which those never have. Measured on bench `bargein`
-    (docs/bench-latency.md), with voicing: start_ms 60 → 40 takes the media
+    (BENCHMARKS.md), with voicing: start_ms 60 → 40 takes the media
     p50 56 → 36 ms, max 167 → 147 ms, with no false barge-in on its noise
     fixtures either way; 20 ms would take p50 to 30 ms but a single periodic
     frame (a squeak, a TV's syllable) would then be a turn. DTMF tones are

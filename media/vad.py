@@ -21,7 +21,7 @@ The noise floor (inline in `is_speech`):
   level (half-way to each frame) and no frame is speech. Line hiss and hum are
   there from the first packet of a call; this is where they are measured.
   The cost: a caller already talking then is taken for the floor until a
-  pause pulls it down (docs/bench-latency.md has the figures).
+  pause pulls it down (BENCHMARKS.md has the figures).
 - then, a frame quieter than the floor pulls it a quarter of the way down
   (in mean square: a lost packet's digital-silence frame lowers it 1.25 dB,
   not to nothing); a louder one lets it rise `floor_rise_db_per_s` (10 dB/s),
