@@ -377,10 +377,10 @@ class DecoderPool:
                 )
                 self._reap(worker)
             process, ours = _spawn(self._settings)
-            worker.process, worker.conn = process, ours
-            with self._lock:
+            with self._lock:  # counted before the pid shows (readers poll pids, then counts)
                 self.restarts += worker.starts > 0
                 self.created += 1
+            worker.process, worker.conn = process, ours
             worker.starts += 1
             # wait for the model to load (the GIL is released meanwhile)
             try:
