@@ -12,7 +12,7 @@ import secrets
 import websockets
 
 from agent.lockstep import LOCKSTEP_PARAMETER, is_synced_message, sync_message
-from agent.replay_call import Playback
+from agent.replay_stream import Playback
 from media.frames import FRAME_BYTES, MULAW_SILENCE, split_frames
 from twiml.messages import (
     Connected,

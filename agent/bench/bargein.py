@@ -7,7 +7,7 @@ Against a `callstream serve` process on loopback (agent/bench/webhook_server.py:
 signed upgrades, the default eSpeak TTS with its prompt cache, the acme flow).
 Each trial is one call: Twilio's side sends `connected`, `start` and 20 ms
 media frames of a -62 dBFS line floor; the agent's greeting starts playing
-(marks are echoed as Twilio plays the audio, agent/replay_call.py `Playback`),
+(marks are echoed as Twilio plays the audio, agent/replay_stream.py `Playback`),
 and `offset` ms into it a speech clip (agent/bench/bargein_audio.py) starts on
 the caller's track. The clip's true onset is known from the clip itself.
 
@@ -50,7 +50,7 @@ from agent.bench.bargein_audio import Clip, floor_frames, noise_clips, speech_cl
 from agent.bench.stats import Summary, summarize
 from agent.bench.webhook_server import ServerProcess, server_process
 from agent.lockstep import LOCKSTEP_PARAMETER
-from agent.replay_call import Playback, StreamLink
+from agent.replay_stream import Playback, StreamLink
 from media.frames import FRAME_BYTES, FRAME_MS
 from twiml.errors import ProtocolError
 from twiml.messages import OutboundClear, OutboundMark, OutboundMedia, parse_outbound

@@ -18,7 +18,7 @@ speech, silence to 4 s; calls start at different cycles. The agent answers
 the first words with a no-match reprompt about 700 ms after they end, so
 the next words (4 s later) land while it speaks: a barge-in (`clear`).
 
-Agent audio is "played" as Twilio would (agent/replay_call.py `Playback`):
+Agent audio is "played" as Twilio would (agent/replay_stream.py `Playback`):
 the audio end moves on by each media message's duration from the caller's
 media time, a mark is echoed once the caller's timeline passes the end of
 the audio sent before it, and a `clear` echoes every pending mark at once.
@@ -48,7 +48,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from agent.replay_call import speech_segments
+from agent.replay_stream import speech_segments
 from media.frames import FRAME_BYTES, FRAME_MS, MULAW_SILENCE, split_frames
 from media.wav import load_caller_mulaw
 from twiml.messages import Connected, Mark, MediaFormat, Start, Stop, encode_inbound

@@ -50,7 +50,7 @@ from agent.flow import Flow
 from agent.flow_loader import load_flow
 from agent.logs import _CallSidDefault
 from agent.ports import SttEvent, Transcript
-from agent.replay_call import Playback
+from agent.replay_stream import Playback
 from agent.session import CallSession, SessionDeps
 from agent.settings import DEFAULT_FLOW
 from agent.store import MemoryStore
