@@ -17,10 +17,10 @@ from agent.bench.calls_server import (
     bucket_delta,
     bucket_quantiles,
     parse_metrics,
-    parse_proc_stat,
     parse_schedstat,
     run_queue_wait_seconds,
 )
+from agent.bench.process import parse_proc_stat
 from agent.metrics import CALLS_ACTIVE
 from twiml.messages import Media, encode_inbound, parse_message
 

@@ -59,11 +59,11 @@ from agent.bench.calls_server import (
     ServerProcess,
     bucket_delta,
     bucket_quantiles,
-    cpu_seconds,
     run_queue_wait_seconds,
     scrape,
     start_server,
 )
+from agent.bench.process import cpu_seconds
 from agent.bench.stats import summarize
 
 LATENESS = "callstream_frame_lateness_ms"

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +14,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
+from agent.bench.process import child_env, free_port, launch, log_tail, stop, wait_ready
+
 BENCH_FLOW = Path(__file__).resolve().parent / "calls_flow.yaml"
 # settings that would change what the server does per call: the bench sets its own
 CLEARED_ENV = (
@@ -26,22 +25,6 @@ CLEARED_ENV = (
 
 
 # --- CPU time -----------------------------------------------------------------------------
-def parse_proc_stat(text: str) -> float:
-    """utime + stime in clock ticks from /proc/PID/stat (all threads of the process).
-
-    The second field, the command, is in parentheses and may hold spaces or
-    parentheses itself: the fields are counted after its last ')'. utime and
-    stime are fields 14 and 15 of proc(5)."""
-    rest = text[text.rindex(")") + 2 :].split()
-    return float(int(rest[11]) + int(rest[12]))
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time the process has used so far (user + system, every thread)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return parse_proc_stat(f.read()) / os.sysconf("SC_CLK_TCK")
-
-
 def parse_schedstat(text: str) -> float:
     """Seconds spent runnable but waiting for a CPU, from /proc/PID/schedstat
     ("time spent waiting on a runqueue", the second field, in ns)."""
@@ -152,39 +135,21 @@ class ServerProcess:
         return self.process.pid
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = (Path(self.folder.name) / "server.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(Path(self.folder.name), lines)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         self.folder.cleanup()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def server_env(folder: str, environ: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in environ.items() if k not in CLEARED_ENV}
-    env.update(
+    return child_env(
+        environ, CLEARED_ENV,
         CALLSTREAM_STT="none",  # STT stubbed (DESIGN.md "Performance"); TTS: eSpeak, cached
         CALLSTREAM_FLOW=str(BENCH_FLOW),
         CALLSTREAM_ARCHIVE=str(Path(folder) / "archive"),
         LOG_LEVEL=environ.get("LOG_LEVEL", "INFO"),
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), environ.get("PYTHONPATH", "")) if p),
     )
-    return env
 
 
 def start_server(core: int | None, *, floor: bool = False, ready_timeout_s: float = 60.0) -> ServerProcess:
@@ -193,36 +158,18 @@ def start_server(core: int | None, *, floor: bool = False, ready_timeout_s: floa
     the bare socket of agent/bench/calls_floor.py."""
     folder = tempfile.TemporaryDirectory(prefix="callstream-bench-")
     port = free_port()
-    log = open(Path(folder.name) / "server.log", "wb")  # noqa: SIM115 - the child writes to it
     command = (
         [sys.executable, "-m", "agent.bench.calls_floor", str(port)] if floor else
         [sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())",
          "serve", "--host", "127.0.0.1", "--port", str(port)]
     )
-    process = subprocess.Popen(
-        command,
-        cwd=folder.name,
-        env=server_env(folder.name, os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
+    process = launch(command, server_env(folder.name, os.environ), Path(folder.name))
     server = ServerProcess(process, f"http://127.0.0.1:{port}", folder)
     if core is not None:
         os.sched_setaffinity(process.pid, {core})  # its threads start later and inherit it
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        if process.poll() is not None:
-            tail = server.log_tail()
-            server.stop()
-            raise SystemExit(f"bench calls: the server exited ({process.returncode}):\n{tail}")
-        try:
-            with urllib.request.urlopen(server.base_url + "/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return server
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise SystemExit(f"bench calls: the server was not ready within {ready_timeout_s:.0f} s")
-        time.sleep(0.2)
+    try:
+        wait_ready(process, server.base_url, Path(folder.name), ready_timeout_s)
+    except RuntimeError as exc:
+        server.stop()
+        raise SystemExit(f"bench calls: {exc}") from None
+    return server
